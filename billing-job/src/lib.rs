@@ -1,0 +1,1 @@
+//! The batch billing job: turns finished, unbilled runs into one bill per user.

@@ -1,0 +1,14 @@
+//! Plumbing every Color FaaS service shares: configuration from an injected environment map,
+//! tracing, shutdown signals, MongoDB and RabbitMQ connections and topology, pricing, the code
+//! store, the batched run-record writer, the JSON error body and Prometheus text.
+
+pub mod amqp;
+pub mod codestore;
+pub mod config;
+pub mod error_body;
+pub mod metrics;
+pub mod mongo;
+pub mod pricing;
+pub mod runstore;
+pub mod shutdown;
+pub mod telemetry;

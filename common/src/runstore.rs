@@ -1,0 +1,325 @@
+//! The batched run-record writer. Hot paths hand it writes over a channel and go on; a single
+//! task groups whatever has queued up into one `insert` and one `update` command per round trip
+//! (group commit: no artificial delay, batches grow with load). Writes are never dropped: a
+//! failed batch is retried with back-off until it lands.
+//!
+//! Ordering rules, which make the writes commute:
+//! - `Pending` inserts; a duplicate key (the run already exists) is ignored.
+//! - `Started` moves only a `pending` run to `running`.
+//! - `Finished` upserts the final state unless the run is already final or carries a newer
+//!   fencing epoch; a refused duplicate is ignored. So a late `Pending` or `Started` never
+//!   overwrites a final run, and a finish delivered twice lands once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use mongodb::Database;
+use schemas::names::collections;
+use schemas::{BillState, RunDoc, RunStatus};
+use tokio::sync::{mpsc, oneshot};
+
+/// One write to the runs collection.
+#[derive(Debug, Clone)]
+pub enum RunWrite {
+    /// The gateway accepted the invocation.
+    Pending(Box<RunDoc>),
+    /// A worker started it.
+    Started {
+        run_id: String,
+        worker_id: String,
+        epoch: u64,
+        started_at_ms: i64,
+    },
+    /// It ended; the doc holds the final state (and the identity fields, in case the pending
+    /// insert has not landed yet).
+    Finished(Box<RunDoc>),
+}
+
+impl RunWrite {
+    fn run_id(&self) -> &str {
+        match self {
+            RunWrite::Pending(d) | RunWrite::Finished(d) => &d.id,
+            RunWrite::Started { run_id, .. } => run_id,
+        }
+    }
+}
+
+enum Msg {
+    Write(RunWrite, Option<oneshot::Sender<()>>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct RunWriter {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl std::fmt::Debug for RunWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunWriter")
+    }
+}
+
+/// Largest number of writes in one round trip.
+const MAX_BATCH: usize = 2000;
+
+impl RunWriter {
+    /// Starts the writer task. It ends when every handle is dropped and the queue is drained.
+    pub fn spawn(db: Database) -> (RunWriter, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(100_000);
+        let task = tokio::spawn(run(db, rx));
+        (RunWriter { tx }, task)
+    }
+
+    /// Queues a write and returns at once.
+    pub async fn write(&self, w: RunWrite) {
+        if self.tx.send(Msg::Write(w, None)).await.is_err() {
+            tracing::error!("run writer is gone; a run record was not written");
+        }
+    }
+
+    /// Queues a write and waits until the batch holding it is stored.
+    pub async fn write_durable(&self, w: RunWrite) -> anyhow::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Msg::Write(w, Some(done)))
+            .await
+            .map_err(|_| anyhow::anyhow!("run writer is gone"))?;
+        wait.await
+            .map_err(|_| anyhow::anyhow!("run writer stopped before storing the run"))
+    }
+
+    /// Waits until everything queued before this call is stored.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(db: Database, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<RunWrite> = Vec::new();
+    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut push = |m: Msg, batch: &mut Vec<RunWrite>| match m {
+            Msg::Write(w, done) => {
+                batch.push(w);
+                if let Some(d) = done {
+                    waiters.push(d);
+                }
+            }
+            Msg::Flush(done) => waiters.push(done),
+        };
+        push(first, &mut batch);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => push(m, &mut batch),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match store(&db, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "storing run records failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        batch.clear();
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// Stores one batch in at most two round trips.
+async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
+    // A finish in the same batch makes the start of the same run moot.
+    let finished: HashMap<&str, ()> = batch
+        .iter()
+        .filter(|w| matches!(w, RunWrite::Finished(_)))
+        .map(|w| (w.run_id(), ()))
+        .collect();
+    let mut inserts: Vec<Document> = Vec::new();
+    let mut updates: Vec<Document> = Vec::new();
+    for w in batch {
+        match w {
+            RunWrite::Pending(d) => inserts.push(bson::to_document(d.as_ref())?),
+            RunWrite::Started {
+                run_id,
+                worker_id,
+                epoch,
+                started_at_ms,
+            } => {
+                if finished.contains_key(run_id.as_str()) {
+                    continue;
+                }
+                updates.push(doc! {
+                    "q": {"_id": run_id, "status": RunStatus::Pending.as_str()},
+                    "u": {"$set": {
+                        "status": RunStatus::Running.as_str(),
+                        "worker_id": worker_id,
+                        "epoch": *epoch as i64,
+                        "started_at_ms": started_at_ms,
+                    }},
+                });
+            }
+            RunWrite::Finished(d) => updates.push(finish_statement(d)?),
+        }
+    }
+    if !inserts.is_empty() {
+        let reply = db
+            .run_command(doc! {
+                "insert": collections::RUNS,
+                "documents": inserts,
+                "ordered": false,
+            })
+            .await?;
+        check_write_reply(&reply, "inserting pending runs")?;
+    }
+    if !updates.is_empty() {
+        let reply = db
+            .run_command(doc! {
+                "update": collections::RUNS,
+                "updates": updates,
+                "ordered": false,
+            })
+            .await?;
+        check_write_reply(&reply, "updating runs")?;
+    }
+    Ok(())
+}
+
+fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
+    let final_states: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
+    let mut set = doc! {
+        "status": d.status.as_str(),
+        "logs": &d.logs,
+        "cold_start": d.cold_start,
+        "duration_ms": d.duration_ms as i64,
+        "billed_micros": d.billed_micros,
+        "bill_state": bson::to_bson(&d.bill_state)?,
+        "epoch": d.epoch as i64,
+        "finished_at_ms": d.finished_at_ms.unwrap_or_else(schemas::now_ms),
+    };
+    if let Some(r) = &d.result_json {
+        set.insert("result_json", r);
+    }
+    if let Some(e) = &d.error {
+        set.insert("error", bson::to_bson(e)?);
+    }
+    if let Some(w) = &d.worker_id {
+        set.insert("worker_id", w);
+    }
+    if let Some(s) = d.started_at_ms {
+        set.insert("started_at_ms", s);
+    }
+    Ok(doc! {
+        "q": {
+            "_id": &d.id,
+            "status": {"$nin": final_states},
+            "epoch": {"$lte": d.epoch as i64},
+        },
+        "u": {
+            "$set": set,
+            "$setOnInsert": {
+                "user_id": &d.user_id,
+                "function_id": &d.function_id,
+                "function": &d.function,
+                "version": d.version as i64,
+                "args_json": &d.args_json,
+                "resources": bson::to_bson(&d.resources)?,
+                "created_at_ms": d.created_at_ms,
+            },
+        },
+        "upsert": true,
+    })
+}
+
+/// A write command's reply: duplicate keys are expected (they are how repeated writes are
+/// refused); anything else is an error.
+fn check_write_reply(reply: &Document, what: &str) -> anyhow::Result<()> {
+    if let Ok(errs) = reply.get_array("writeErrors") {
+        for e in errs {
+            let code = match e {
+                Bson::Document(d) => d
+                    .get("code")
+                    .and_then(|c| c.as_i32().map(i64::from).or_else(|| c.as_i64()))
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if code != 11000 {
+                anyhow::bail!("{what}: write error {e}");
+            }
+        }
+    }
+    if let Ok(e) = reply.get_document("writeConcernError") {
+        anyhow::bail!("{what}: write concern error {e}");
+    }
+    Ok(())
+}
+
+/// A pending run's document, as the gateway writes it.
+pub fn pending_doc(inv: &schemas::InvocationMsg) -> RunDoc {
+    RunDoc {
+        id: inv.run_id.clone(),
+        user_id: inv.user_id.clone(),
+        function_id: inv.function_id.clone(),
+        function: inv.function.clone(),
+        version: inv.version,
+        status: RunStatus::Pending,
+        args_json: inv.args.to_string(),
+        result_json: None,
+        error: None,
+        logs: String::new(),
+        cold_start: false,
+        duration_ms: 0,
+        resources: inv.resources,
+        billed_micros: 0,
+        bill_state: BillState::Unbilled,
+        bill_id: None,
+        worker_id: None,
+        epoch: 0,
+        created_at_ms: inv.created_at_ms,
+        started_at_ms: None,
+        finished_at_ms: None,
+    }
+}
+
+/// A finished run's document, from its result message and its invocation's args.
+pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i64) -> RunDoc {
+    let exempt = r.error.as_ref().is_some_and(|e| e.is_platform());
+    RunDoc {
+        id: r.run_id.clone(),
+        user_id: r.user_id.clone(),
+        function_id: r.function_id.clone(),
+        function: r.function.clone(),
+        version: r.version,
+        status: r.status,
+        args_json,
+        result_json: r.result.as_ref().map(|v| v.to_string()),
+        error: r.error.clone(),
+        logs: r.logs.clone(),
+        cold_start: r.cold_start,
+        duration_ms: r.duration_ms,
+        resources: r.resources,
+        billed_micros: if exempt { 0 } else { r.billed_micros },
+        bill_state: if exempt {
+            BillState::Exempt
+        } else {
+            BillState::Unbilled
+        },
+        bill_id: None,
+        worker_id: Some(r.worker_id.clone()),
+        epoch: r.epoch,
+        created_at_ms,
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: Some(r.finished_at_ms),
+    }
+}

@@ -1,0 +1,232 @@
+//! MongoDB documents (the seed's MySQL tables, as collections). Times are `*_ms` integers
+//! (Unix epoch milliseconds); money is integer micros; states are strings. Free-form JSON
+//! supplied by users (args, results) is stored as JSON text so that keys such as `$x` or `a.b`
+//! can never be mistaken for operators or paths.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{lenient, Mode, Resources, RunError, RunStatus, Runtime};
+
+/// The seed's User Info table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub balance_micros: i64,
+    pub created_at_ms: i64,
+}
+
+/// A logged-in session. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionDoc {
+    #[serde(rename = "_id")]
+    pub token_hash: String,
+    pub user_id: String,
+    /// Per-session CSRF token for the browser's forms.
+    pub csrf: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// An API key for the invoke endpoint. Only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    pub label: String,
+    pub key_hash: String,
+    pub created_at_ms: i64,
+}
+
+/// Argument types of a function's `args_schema` (the seed's `Func_Args`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArgType {
+    Int,
+    Float,
+    String,
+    Bool,
+    Object,
+    Array,
+}
+
+/// The seed's Function table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub runtime: Runtime,
+    pub handler: String,
+    #[serde(default)]
+    pub filename: String,
+    #[serde(default)]
+    pub description: String,
+    /// Ordered list of (argument name, type).
+    #[serde(default)]
+    pub args_schema: Vec<(String, ArgType)>,
+    pub mode: Mode,
+    pub resources: Resources,
+    pub timeout_ms: u64,
+    pub version: u32,
+    /// SHA-256 of the code package; its filename in the GridFS code bucket.
+    pub code_sha256: String,
+    pub code_size: u64,
+    /// `single` for one source file, `zip` or `tar.gz` for packages.
+    pub code_kind: CodeKind,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// How a code package is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeKind {
+    /// One source file, stored as is; the worker writes it under `FunctionDoc::filename`.
+    Single,
+    Zip,
+    TarGz,
+}
+
+/// Whether a run still has to be billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillState {
+    /// Not (yet) on a bill.
+    Unbilled,
+    /// On the bill named by `bill_id`.
+    Billed,
+    /// Never billed: the platform caused the failure.
+    Exempt,
+}
+
+/// The seed's Func Running Record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    pub function_id: String,
+    pub function: String,
+    pub version: u32,
+    pub status: RunStatus,
+    /// The invocation's args as JSON text.
+    pub args_json: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_json: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    #[serde(default)]
+    pub logs: String,
+    #[serde(default, with = "lenient::bool")]
+    pub cold_start: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
+    pub resources: Resources,
+    #[serde(default)]
+    pub billed_micros: i64,
+    pub bill_state: BillState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bill_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// Fencing epoch of the dispatch that ran it; updates from older epochs are refused.
+    #[serde(default)]
+    pub epoch: u64,
+    pub created_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One line of a bill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillItem {
+    pub run_id: String,
+    pub function: String,
+    pub duration_ms: u64,
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub amount_micros: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillStatus {
+    Unpaid,
+    Paid,
+}
+
+/// The seed's Bill table. `amount_micros` is the exact sum of the items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    pub created_at_ms: i64,
+    pub period_start_ms: i64,
+    pub period_end_ms: i64,
+    pub amount_micros: i64,
+    pub status: BillStatus,
+    pub items: Vec<BillItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at_ms: Option<i64>,
+}
+
+/// Billable resources (the seed's Billing Unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PricedResource {
+    Cpu,
+    Memory,
+    Disk,
+    Request,
+}
+
+/// One price. `_id` is the resource name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceDoc {
+    #[serde(rename = "_id")]
+    pub resource: PricedResource,
+    pub unit: String,
+    pub price_micros_per_unit: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    Topup,
+    BillPayment,
+}
+
+/// The seed's Account Info History.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    pub at_ms: i64,
+    pub kind: HistoryKind,
+    pub amount_micros: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bill_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_last4: Option<String>,
+}
+
+/// A time-bounded exclusive lease (the billing job's guard against a second job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseDoc {
+    #[serde(rename = "_id")]
+    pub name: String,
+    pub holder: String,
+    pub expires_at_ms: i64,
+}

@@ -1,0 +1,238 @@
+//! The contract between Color FaaS components: queue and exchange names, versioned messages,
+//! MongoDB documents, collection names and their indexes. No service logic lives here.
+
+pub mod docs;
+pub mod lenient;
+pub mod messages;
+pub mod names;
+
+pub use docs::*;
+pub use messages::*;
+
+use serde::{Deserialize, Serialize};
+
+/// What a function asks for, and what a worker offers. The DRF resource vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
+impl Resources {
+    pub const fn new(cpu_millicores: u64, memory_mb: u64, disk_mb: u64) -> Self {
+        Self {
+            cpu_millicores,
+            memory_mb,
+            disk_mb,
+        }
+    }
+
+    /// Component-wise sum, saturating.
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millicores: self.cpu_millicores.saturating_add(o.cpu_millicores),
+            memory_mb: self.memory_mb.saturating_add(o.memory_mb),
+            disk_mb: self.disk_mb.saturating_add(o.disk_mb),
+        }
+    }
+
+    /// Component-wise difference, saturating at zero.
+    pub fn minus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millicores: self.cpu_millicores.saturating_sub(o.cpu_millicores),
+            memory_mb: self.memory_mb.saturating_sub(o.memory_mb),
+            disk_mb: self.disk_mb.saturating_sub(o.disk_mb),
+        }
+    }
+
+    /// True when `self` fits inside `room` on every resource.
+    pub fn fits_in(self, room: Resources) -> bool {
+        self.cpu_millicores <= room.cpu_millicores
+            && self.memory_mb <= room.memory_mb
+            && self.disk_mb <= room.disk_mb
+    }
+}
+
+/// The runtimes a function can use. Serialized as the contract's strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Python3,
+    Node,
+    Exec,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 3] = [Runtime::Python3, Runtime::Node, Runtime::Exec];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "python3",
+            Runtime::Node => "node",
+            Runtime::Exec => "exec",
+        }
+    }
+
+    /// The Docker image tag the project builds for this runtime.
+    pub fn image(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "colorfaas/runtime-python3:latest",
+            Runtime::Node => "colorfaas/runtime-node:latest",
+            Runtime::Exec => "colorfaas/runtime-exec:latest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Runtime> {
+        Runtime::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Default invocation type of a function (the seed's `Func_Output`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Sync,
+    Async,
+}
+
+/// A run's lifecycle. Stored as a string so it reads back the same on every server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+    ];
+    pub const FINAL: [RunStatus; 3] =
+        [RunStatus::Succeeded, RunStatus::Failed, RunStatus::TimedOut];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        RunStatus::FINAL.contains(&self)
+    }
+}
+
+/// Why a run did not succeed. `code` is snake_case and stable; `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    pub code: String,
+    pub message: String,
+}
+
+impl RunError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Errors whose cause is the platform, not the function: such runs are never billed.
+    pub fn is_platform(&self) -> bool {
+        self.code.starts_with("platform_")
+    }
+}
+
+/// Error codes the pipeline puts on runs (`RunError::code`).
+pub mod run_error_codes {
+    /// The handler raised (python3/node).
+    pub const FUNCTION_ERROR: &str = "function_error";
+    /// An `exec` function exited non-zero or was killed.
+    pub const FUNCTION_EXIT: &str = "function_exit";
+    /// The handler's module or function could not be loaded.
+    pub const FUNCTION_LOAD: &str = "function_load_error";
+    /// The result was not JSON or too large.
+    pub const BAD_RESULT: &str = "bad_result";
+    /// The container was killed for exceeding its memory limit.
+    pub const OUT_OF_MEMORY: &str = "out_of_memory";
+    /// The run exceeded `timeout_ms`.
+    pub const TIMEOUT: &str = "timeout";
+    /// The worker could not run the task (image missing, docker error, code missing).
+    pub const PLATFORM_WORKER: &str = "platform_worker_error";
+    /// The worker running the task died before reporting.
+    pub const PLATFORM_WORKER_LOST: &str = "platform_worker_lost";
+    /// No live worker can ever hold the function's demand.
+    pub const PLATFORM_NO_CAPACITY: &str = "platform_no_capacity";
+}
+
+/// Limits shared by the gateway, portal and worker.
+pub mod limits {
+    /// Captured logs per run are cut to their last 64 KiB.
+    pub const LOG_TAIL_BYTES: usize = 64 * 1024;
+    /// Largest result a function may return (bytes of JSON), like AWS Lambda's sync payload.
+    pub const RESULT_BYTES: usize = 6 * 1024 * 1024;
+    /// Largest sync request body.
+    pub const SYNC_BODY_BYTES: u64 = 6 * 1024 * 1024;
+    /// Largest async request body.
+    pub const ASYNC_BODY_BYTES: u64 = 256 * 1024;
+    /// Largest code package accepted on upload (after base64 decoding).
+    pub const CODE_BYTES: usize = 20 * 1024 * 1024;
+    /// Largest unpacked size of an archive.
+    pub const UNPACKED_CODE_BYTES: u64 = 200 * 1024 * 1024;
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_arithmetic() {
+        let a = Resources::new(500, 128, 64);
+        let b = Resources::new(1000, 256, 64);
+        assert!(a.fits_in(b));
+        assert!(!b.fits_in(a));
+        assert_eq!(a.plus(b).minus(b), a);
+        assert_eq!(a.minus(b), Resources::new(0, 0, 0));
+    }
+
+    #[test]
+    fn enums_serialize_as_contract_strings() {
+        assert_eq!(
+            serde_json::to_string(&RunStatus::TimedOut).unwrap(),
+            "\"timed_out\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Runtime::Python3).unwrap(),
+            "\"python3\""
+        );
+        assert_eq!(serde_json::to_string(&Mode::Async).unwrap(), "\"async\"");
+        for s in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

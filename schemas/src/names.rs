@@ -1,0 +1,192 @@
+//! Names of RabbitMQ exchanges and queues, MongoDB collections, and the indexes every
+//! component may rely on. All AMQP names share a prefix (`colorfaas` in production) so that
+//! tests can run side by side on one broker and operators see clear names in the management UI.
+
+use bson::{doc, Document};
+
+/// Routing key of results whose run has a callback URL.
+pub const RK_RESULT_CALLBACK: &str = "run.callback";
+/// Routing key of results without a callback URL.
+pub const RK_RESULT_PLAIN: &str = "run.plain";
+/// Binding pattern that matches every result.
+pub const RK_RESULT_ALL: &str = "run.*";
+
+/// AMQP header carrying the message's type name (`task`, `epoch`, ...), so a queue that receives
+/// several kinds can tell them apart before parsing.
+pub const HEADER_KIND: &str = "x-colorfaas-kind";
+
+/// The AMQP names derived from one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpNames {
+    pub prefix: String,
+}
+
+impl Default for AmqpNames {
+    fn default() -> Self {
+        Self::new("colorfaas")
+    }
+}
+
+impl AmqpNames {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Durable queue the gateway publishes invocations to (through the default exchange);
+    /// only the leading dispatcher consumes it.
+    pub fn invocations_queue(&self) -> String {
+        format!("{}.invocations", self.prefix)
+    }
+
+    /// Per-worker durable task queue.
+    pub fn worker_queue(&self, worker_id: &str) -> String {
+        format!("{}.worker.{}", self.prefix, worker_id)
+    }
+
+    /// Topic exchange every finished run is published to (routing keys `run.plain` / `run.callback`).
+    pub fn results_exchange(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    /// Durable queue of finished runs the dispatchers consume to release allocations.
+    pub fn dispatcher_results_queue(&self) -> String {
+        format!("{}.dispatcher.results", self.prefix)
+    }
+
+    /// Durable queue of finished runs that have a callback URL; gateways consume it.
+    pub fn callbacks_queue(&self) -> String {
+        format!("{}.callbacks", self.prefix)
+    }
+
+    /// Fanout exchange of worker heartbeats.
+    pub fn heartbeats_exchange(&self) -> String {
+        format!("{}.heartbeats", self.prefix)
+    }
+
+    /// Fanout exchange on which a new leader announces its epoch; every worker queue is bound
+    /// to it, so the announcement precedes all of the new leader's tasks in each queue.
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    /// Dead-letter exchange (fanout) for messages that cannot be parsed.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    /// Queue holding dead-lettered messages for operators to inspect.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    /// Exclusive reply queue of one gateway instance for sync invocations.
+    pub fn reply_queue(&self, instance: &str) -> String {
+        format!("{}.replies.{}", self.prefix, instance)
+    }
+}
+
+/// MongoDB collection names.
+pub mod collections {
+    pub const USERS: &str = "users";
+    pub const SESSIONS: &str = "sessions";
+    pub const API_KEYS: &str = "api_keys";
+    pub const FUNCTIONS: &str = "functions";
+    pub const RUNS: &str = "runs";
+    pub const BILLS: &str = "bills";
+    pub const PRICING: &str = "pricing";
+    pub const HISTORY: &str = "account_history";
+    pub const LEASES: &str = "leases";
+    pub const LOGIN_ATTEMPTS: &str = "login_attempts";
+    /// GridFS bucket holding function code packages, one file per content hash.
+    pub const CODE_BUCKET: &str = "code";
+}
+
+/// One index: collection, key document, unique or not, and a stable name.
+#[derive(Debug, Clone)]
+pub struct IndexSpec {
+    pub collection: &'static str,
+    pub name: &'static str,
+    pub keys: Document,
+    pub unique: bool,
+}
+
+/// Every index the components rely on. Created idempotently at start by whoever starts first.
+pub fn indexes() -> Vec<IndexSpec> {
+    use collections::*;
+    let ix = |collection, name, keys, unique| IndexSpec {
+        collection,
+        name,
+        keys,
+        unique,
+    };
+    vec![
+        ix(USERS, "email_unique", doc! {"email": 1}, true),
+        ix(API_KEYS, "key_hash_unique", doc! {"key_hash": 1}, true),
+        ix(
+            API_KEYS,
+            "user",
+            doc! {"user_id": 1, "created_at_ms": -1},
+            false,
+        ),
+        ix(SESSIONS, "user", doc! {"user_id": 1}, false),
+        ix(
+            FUNCTIONS,
+            "user_name_unique",
+            doc! {"user_id": 1, "name": 1},
+            true,
+        ),
+        ix(
+            RUNS,
+            "user_created",
+            doc! {"user_id": 1, "created_at_ms": -1},
+            false,
+        ),
+        ix(
+            RUNS,
+            "user_function_created",
+            doc! {"user_id": 1, "function": 1, "created_at_ms": -1},
+            false,
+        ),
+        ix(
+            RUNS,
+            "bill_state_user",
+            doc! {"bill_state": 1, "user_id": 1},
+            false,
+        ),
+        ix(
+            BILLS,
+            "user_created",
+            doc! {"user_id": 1, "created_at_ms": -1},
+            false,
+        ),
+        ix(HISTORY, "user_at", doc! {"user_id": 1, "at_ms": -1}, false),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let n = AmqpNames::new("t1");
+        assert_eq!(n.worker_queue("w1"), "t1.worker.w1");
+        assert_eq!(n.invocations_queue(), "t1.invocations");
+        assert_eq!(AmqpNames::default().results_exchange(), "colorfaas.results");
+    }
+
+    #[test]
+    fn index_names_are_unique() {
+        let all = indexes();
+        let mut seen = std::collections::HashSet::new();
+        for i in &all {
+            assert!(
+                seen.insert((i.collection, i.name)),
+                "duplicate index {}",
+                i.name
+            );
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The worker against real RabbitMQ, MongoDB and Docker: runtimes, failures, limits, warm
+//! containers, LRU eviction, duplicates, dead letters and cleanup.
+
+use std::time::{Duration, Instant};
+
+use schemas::{BillState, RunDoc, RunStatus, Runtime};
+use tests::{eventually, Sandbox};
+
+const ADDER_PY: &str = r#"
+import json
+calls = 0
+def handle(event, context):
+    global calls
+    calls += 1
+    print("adding", event["a"], event["b"])
+    return {"sum": event["a"] + event["b"], "run_id": context.run_id, "calls": calls}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_run_and_return_and_the_second_call_is_warm() {
+    let mut sb = Sandbox::new("runtimes").await;
+    let w = sb.start_worker(&[]).await;
+
+    let mut inv = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", ADDER_PY)
+        .await;
+    inv.args = serde_json::json!({"a": 2, "b": 3});
+    let r = sb.run_task(&w.id, inv.clone()).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.result.as_ref().unwrap()["sum"], 5);
+    assert_eq!(r.result.as_ref().unwrap()["run_id"], inv.run_id.as_str());
+    assert!(r.cold_start);
+    assert!(r.logs.contains("adding 2 3"), "logs: {:?}", r.logs);
+    assert!(r.billed_micros >= 1);
+
+    // Warm: same container, the module stays loaded (its counter goes on).
+    inv.run_id = uuid::Uuid::now_v7().to_string();
+    let r2 = sb.run_task(&w.id, inv.clone()).await;
+    assert_eq!(r2.status, RunStatus::Succeeded);
+    assert!(!r2.cold_start, "second call must be warm");
+    assert_eq!(r2.result.as_ref().unwrap()["calls"], 2);
+
+    let node = sb
+        .invocation(
+            Runtime::Node,
+            "index.js",
+            "index.handle",
+            "exports.handle = async (event, ctx) => { console.log('hi from node'); return {hello: event.name, fn: ctx.function}; };",
+        )
+        .await;
+    let mut node = node;
+    node.args = serde_json::json!({"name": "color"});
+    let r = sb.run_task(&w.id, node).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        r.result.unwrap(),
+        serde_json::json!({"hello": "color", "fn": "fn"})
+    );
+    assert!(r.logs.contains("hi from node"));
+
+    let mut exec = sb
+        .invocation(
+            Runtime::Exec,
+            "run.sh",
+            "run.sh",
+            "#!/bin/sh\nread -r x\necho \"log line\" >&2\necho \"{\\\"got\\\": $x}\"\n",
+        )
+        .await;
+    exec.args = serde_json::json!({"n": 7});
+    let r = sb.run_task(&w.id, exec.clone()).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.result.unwrap(), serde_json::json!({"got": {"n": 7}}));
+    assert!(r.logs.contains("log line"));
+
+    // The run records reach MongoDB (written in batches).
+    let runs = sb
+        .db
+        .collection::<RunDoc>(schemas::names::collections::RUNS);
+    let id = inv.run_id.clone();
+    let doc = eventually(
+        Duration::from_secs(10),
+        "the run record is final",
+        || async {
+            runs.find_one(bson::doc! {"_id": &id})
+                .await
+                .ok()
+                .flatten()
+                .filter(|d| d.status == RunStatus::Succeeded)
+        },
+    )
+    .await;
+    assert!(!doc.cold_start);
+    assert_eq!(doc.bill_state, BillState::Unbilled);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(doc.result_json.as_deref().unwrap()).unwrap()
+            ["sum"],
+        5
+    );
+
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_reported_clearly() {
+    let mut sb = Sandbox::new("failures").await;
+    let w = sb.start_worker(&[]).await;
+
+    let boom = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "def handle(e, c):\n    raise ValueError('bad input')\n",
+        )
+        .await;
+    let r = sb.run_task(&w.id, boom).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let e = r.error.unwrap();
+    assert_eq!(e.code, "function_error");
+    assert!(e.message.contains("ValueError: bad input"), "{e:?}");
+    assert!(r.billed_micros > 0, "function errors are billed");
+
+    let missing = sb
+        .invocation(Runtime::Python3, "main.py", "main.nope", "x = 1\n")
+        .await;
+    let r = sb.run_task(&w.id, missing).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.error.unwrap().code, "function_load_error");
+
+    let exit = sb
+        .invocation(
+            Runtime::Exec,
+            "run.sh",
+            "run.sh",
+            "#!/bin/sh\necho oops >&2\nexit 3\n",
+        )
+        .await;
+    let r = sb.run_task(&w.id, exit).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let e = r.error.unwrap();
+    assert_eq!(e.code, "function_exit");
+    assert!(e.message.contains('3'), "{e:?}");
+    assert!(r.logs.contains("oops"));
+
+    // Timeout: ends timed_out within timeout + 1 s, and the container is replaced.
+    let mut slow = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "import time\ndef handle(e, c):\n    time.sleep(30)\n",
+        )
+        .await;
+    slow.timeout_ms = 1000;
+    let t0 = Instant::now();
+    let r = sb.run_task(&w.id, slow.clone()).await;
+    let took = t0.elapsed();
+    assert_eq!(r.status, RunStatus::TimedOut, "{r:?}");
+    assert_eq!(r.error.unwrap().code, "timeout");
+    assert!(
+        took < Duration::from_millis(2000) + Duration::from_millis(800),
+        "took {took:?}"
+    );
+    slow.run_id = uuid::Uuid::now_v7().to_string();
+    slow.timeout_ms = 1000;
+    let r = sb.run_task(&w.id, slow).await;
+    assert!(r.cold_start, "a timed-out container is not reused");
+
+    // Memory hog: killed by the memory limit, reported as out of memory.
+    let mut hog = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "def handle(e, c):\n    blocks = []\n    for i in range(64):\n        blocks.append('x' * (16 * 1024 * 1024))\n    return len(blocks)\n",
+        )
+        .await;
+    hog.resources.memory_mb = 64;
+    let r = sb.run_task(&w.id, hog).await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    let e = r.error.unwrap();
+    assert_eq!(e.code, "out_of_memory", "{e:?}");
+    assert!(e.message.contains("64 MB"), "{e:?}");
+
+    // Huge logs are capped to their last 64 KiB.
+    let chatty = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", "def handle(e, c):\n    for i in range(20000):\n        print('line', i)\n    return 1\n")
+        .await;
+    let r = sb.run_task(&w.id, chatty).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(
+        r.logs.len() <= 64 * 1024 + 32,
+        "{} bytes of logs",
+        r.logs.len()
+    );
+    assert!(r.logs.contains("line 19999"));
+
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_contains_fork_bombs_and_has_no_network() {
+    let mut sb = Sandbox::new("sandbox").await;
+    let w = sb.start_worker(&[]).await;
+
+    let net = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            r#"
+import socket
+def handle(e, c):
+    names = [n for _, n in socket.if_nameindex()]
+    try:
+        socket.create_connection(("192.0.2.1", 80), timeout=2)
+        reached = True
+    except OSError as err:
+        reached = str(err)
+    return {"interfaces": names, "reached": reached}
+"#,
+        )
+        .await;
+    let r = sb.run_task(&w.id, net).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    let v = r.result.unwrap();
+    assert_eq!(v["interfaces"], serde_json::json!(["lo"]), "{v}");
+    assert_ne!(v["reached"], serde_json::json!(true), "{v}");
+
+    // Root filesystem is read-only and the user is not root.
+    let who = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "import os\ndef handle(e, c):\n    try:\n        open('/etc/x', 'w')\n        ro = False\n    except OSError:\n        ro = True\n    open('/tmp/scratch', 'w').write('ok')\n    return {'uid': os.getuid(), 'ro': ro}\n",
+        )
+        .await;
+    let r = sb.run_task(&w.id, who).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        r.result.unwrap(),
+        serde_json::json!({"uid": 10001, "ro": true})
+    );
+
+    let mut bomb = sb
+        .invocation(
+            Runtime::Exec,
+            "bomb.sh",
+            "bomb.sh",
+            "#!/bin/sh\nbomb() { bomb | bomb & }\nbomb\nsleep 5\n",
+        )
+        .await;
+    bomb.timeout_ms = 3000;
+    let r = sb.run_task(&w.id, bomb).await;
+    assert_ne!(r.status, RunStatus::Succeeded, "{r:?}");
+
+    // The worker is unharmed.
+    let ok = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "def handle(e, c):\n    return 'alive'\n",
+        )
+        .await;
+    let r = sb.run_task(&w.id, ok).await;
+    assert_eq!(r.result.unwrap(), "alive");
+
+    let id = w.id.clone();
+    w.stop().await.unwrap();
+    assert!(
+        sb.containers_of(&id).await.is_empty(),
+        "containers left after shutdown"
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_eviction_removes_the_least_recently_used_container() {
+    let mut sb = Sandbox::new("lru").await;
+    let w = sb.start_worker(&[("WORKER_MEMORY_MB", "256")]).await;
+    let src = |tag: &str| format!("def handle(e, c):\n    return '{tag}'\n");
+    let a = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", &src("a"))
+        .await;
+    let b = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", &src("b"))
+        .await;
+    let c = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", &src("c"))
+        .await;
+    let again = |inv: &schemas::InvocationMsg| {
+        let mut i = inv.clone();
+        i.run_id = uuid::Uuid::now_v7().to_string();
+        i
+    };
+    assert!(sb.run_task(&w.id, a.clone()).await.cold_start);
+    assert!(sb.run_task(&w.id, b.clone()).await.cold_start);
+    assert!(!sb.run_task(&w.id, again(&a)).await.cold_start, "a is warm");
+    // c needs room: b is the least recently used and goes.
+    assert!(sb.run_task(&w.id, c.clone()).await.cold_start);
+    let key_of = |i: &schemas::InvocationMsg| i.function_key();
+    let (ka, kb, kc) = (key_of(&a), key_of(&b), key_of(&c));
+    let wid = w.id.clone();
+    eventually(
+        Duration::from_secs(10),
+        "b's container is removed",
+        || async {
+            let keys: Vec<String> = sb
+                .containers_of(&wid)
+                .await
+                .into_iter()
+                .filter_map(|c| {
+                    c.labels
+                        .and_then(|l| l.get(worker::docker::LABEL_FUNCTION).cloned())
+                })
+                .collect();
+            (keys.len() == 2 && keys.contains(&ka) && keys.contains(&kc) && !keys.contains(&kb))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !sb.run_task(&w.id, again(&a)).await.cold_start,
+        "a survived"
+    );
+    w.stop().await.unwrap();
+    assert!(sb.containers_of(&wid).await.is_empty());
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_run_once_and_malformed_tasks_are_dead_lettered() {
+    let mut sb = Sandbox::new("dups").await;
+    let w = sb.start_worker(&[]).await;
+
+    // Garbage first: dead-lettered, the worker keeps going.
+    let q = sb.names.worker_queue(&w.id);
+    sb.publish_raw(&q, b"{not json", "task").await;
+    sb.publish_raw(&q, br#"{"v": 1, "epoch": 1}"#, "task").await;
+    let dlq = sb.names.dead_letter_queue();
+    eventually(
+        Duration::from_secs(10),
+        "two messages are dead-lettered",
+        || async { (sb.queue_len(&dlq).await == 2).then_some(()) },
+    )
+    .await;
+
+    let mut replies = sb.reply_queue().await;
+    let mut inv = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "def handle(e, c):\n    return c.run_id\n",
+        )
+        .await;
+    inv.reply_to = Some(replies.name.clone());
+    sb.send_task(&w.id, &inv, 1).await;
+    sb.send_task(&w.id, &inv, 1).await;
+    let first = replies
+        .next(Duration::from_secs(30))
+        .await
+        .expect("one result");
+    assert_eq!(first.result.unwrap(), inv.run_id.as_str());
+    assert!(
+        replies.next(Duration::from_secs(2)).await.is_none(),
+        "the duplicate ran"
+    );
+
+    // Fencing: after epoch 5, a task stamped 4 is not run; its invocation goes back to the
+    // invocations queue for the current leader.
+    let mut newer = inv.clone();
+    newer.run_id = uuid::Uuid::now_v7().to_string();
+    sb.send_task(&w.id, &newer, 5).await;
+    assert!(replies.next(Duration::from_secs(30)).await.is_some());
+    let mut stale = inv.clone();
+    stale.run_id = uuid::Uuid::now_v7().to_string();
+    sb.send_task(&w.id, &stale, 4).await;
+    assert!(
+        replies.next(Duration::from_secs(2)).await.is_none(),
+        "a stale leader's task ran"
+    );
+    let invq = sb.names.invocations_queue();
+    eventually(
+        Duration::from_secs(5),
+        "the fenced invocation is back in the invocations queue",
+        || async { (sb.queue_len(&invq).await == 1).then_some(()) },
+    )
+    .await;
+
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_reaps_what_a_crashed_one_left() {
+    let mut sb = Sandbox::new("reap").await;
+    let id = format!("w{}", tests::rand_id());
+    let w = sb.start_worker(&[("WORKER_ID", &id)]).await;
+    let inv = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "def handle(e, c):\n    return 1\n",
+        )
+        .await;
+    sb.run_task(&id, inv).await;
+    assert_eq!(sb.containers_of(&id).await.len(), 1);
+    w.abort(); // a crash: nothing cleaned up
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        sb.containers_of(&id).await.len(),
+        1,
+        "the crash left its container"
+    );
+    let w2 = sb.start_worker(&[("WORKER_ID", &id)]).await;
+    assert!(
+        sb.containers_of(&id).await.is_empty(),
+        "the new worker reaped it"
+    );
+    w2.stop().await.unwrap();
+    sb.cleanup().await;
+}

@@ -1,0 +1,358 @@
+//! Worker benchmark (a program that prints figures): warm latency and cold start from publish to
+//! result, warm throughput with 2 containers, the worker's idle memory with 10 warm containers,
+//! and the floor — a direct round trip to a warm agent with no queue in between.
+//!
+//! Needs the local stack (`scripts/stack.sh`). Run: `cargo bench -p worker --bench worker`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use schemas::names::AmqpNames;
+use schemas::{CodeKind, InvocationMsg, Mode, Resources, ResultMsg, Runtime, TaskMsg};
+
+const MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+struct Bench {
+    names: AmqpNames,
+    worker_id: String,
+    ch: lapin::Channel,
+    reply: String,
+    consumer: lapin::Consumer,
+    db: mongodb::Database,
+}
+
+impl Bench {
+    async fn invocation(&self, source: &str) -> InvocationMsg {
+        let sha = common::codestore::put(&self.db, source.as_bytes())
+            .await
+            .unwrap();
+        InvocationMsg {
+            v: 1,
+            run_id: String::new(),
+            user_id: "bench".into(),
+            function_id: format!("f{}", &sha[..12]),
+            function: "noop".into(),
+            version: 1,
+            runtime: Runtime::Python3,
+            handler: "main.handle".into(),
+            code_sha256: sha,
+            code_kind: CodeKind::Single,
+            filename: "main.py".into(),
+            resources: Resources::new(100, 128, 16),
+            timeout_ms: 10_000,
+            mode: Mode::Sync,
+            args: serde_json::json!({}),
+            reply_to: Some(self.reply.clone()),
+            callback_url: None,
+            created_at_ms: schemas::now_ms(),
+        }
+    }
+
+    async fn send(&self, inv: &InvocationMsg) {
+        let mut inv = inv.clone();
+        inv.run_id = uuid::Uuid::now_v7().to_string();
+        let task = TaskMsg {
+            v: 1,
+            epoch: 1,
+            worker_id: self.worker_id.clone(),
+            dispatched_at_ms: schemas::now_ms(),
+            invocation: inv,
+        };
+        let body = serde_json::to_vec(&task).unwrap();
+        self.ch
+            .basic_publish(
+                "".into(),
+                self.names.worker_queue(&self.worker_id).as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                common::amqp::props("task", true),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn recv(&mut self) -> ResultMsg {
+        let d = tokio::time::timeout(Duration::from_secs(60), self.consumer.next())
+            .await
+            .expect("result in time")
+            .unwrap()
+            .unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        let r: ResultMsg = serde_json::from_slice(&d.data).unwrap();
+        assert_eq!(r.status, schemas::RunStatus::Succeeded, "{r:?}");
+        r
+    }
+
+    async fn call(&mut self, inv: &InvocationMsg) -> (Duration, ResultMsg) {
+        let t0 = Instant::now();
+        self.send(inv).await;
+        let r = self.recv().await;
+        (t0.elapsed(), r)
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let prefix = format!("bench-{id}");
+    let db_name = format!("bench_{id}");
+    let worker_id = format!("wb{id}");
+    let names = AmqpNames::new(prefix.clone());
+    let db = common::mongo::connect(MONGODB_URI, &db_name).await.unwrap();
+    let conn = common::amqp::connect(AMQP_URL, "worker bench")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    common::amqp::declare_topology(&ch, &names).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // The worker as its own process, so its memory can be read alone.
+    let dir = std::env::temp_dir().join(format!("colorfaas-bench-{id}"));
+    let env: HashMap<&str, String> = HashMap::from([
+        ("MONGODB_URI", MONGODB_URI.to_owned()),
+        ("MONGODB_DB", db_name.clone()),
+        ("AMQP_URL", AMQP_URL.to_owned()),
+        ("COLORFAAS_AMQP_PREFIX", prefix.clone()),
+        ("WORKER_ID", worker_id.clone()),
+        ("WORKER_DIR", dir.to_string_lossy().into_owned()),
+        ("WORKER_ADDR", "127.0.0.1:0".to_owned()),
+        ("WORKER_MEMORY_MB", "2048".to_owned()),
+        ("WORKER_PREFETCH", "256".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ]);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .envs(&env)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the worker binary");
+    let pid = child.id().unwrap();
+    // Wait for the worker's consumer.
+    let wq = names.worker_queue(&worker_id);
+    let t0 = Instant::now();
+    loop {
+        let ok = ch
+            .queue_declare(
+                wq.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.consumer_count() > 0)
+            .unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "worker did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ch = conn.create_channel().await.unwrap();
+    let mut b = Bench {
+        names,
+        worker_id,
+        ch,
+        reply: q.name().to_string(),
+        consumer,
+        db: db.clone(),
+    };
+
+    // Cold starts: 10 distinct functions, each first call.
+    let mut cold = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let mut funcs = Vec::new();
+    for i in 0..10 {
+        let inv = b
+            .invocation(&format!(
+                "# fn {i} {id}\ndef handle(e, c):\n    return None\n"
+            ))
+            .await;
+        let (d, r) = b.call(&inv).await;
+        assert!(r.cold_start);
+        cold.record(d.as_micros() as u64).unwrap();
+        funcs.push(inv);
+    }
+    // Warm those 10 once more, then read the worker's idle memory.
+    for inv in &funcs {
+        let (_, r) = b.call(inv).await;
+        assert!(!r.cold_start);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_kb = rss_kb(pid);
+
+    // Warm latency, sequential, one function.
+    let noop = funcs[0].clone();
+    for _ in 0..200 {
+        b.call(&noop).await;
+    }
+    let mut warm = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..3000 {
+        let (d, r) = b.call(&noop).await;
+        assert!(!r.cold_start);
+        warm.record(d.as_micros() as u64).unwrap();
+    }
+
+    // Throughput with 2 warm containers of one function: keep 64 tasks in flight.
+    let two = funcs[1].clone();
+    for _ in 0..2 {
+        b.send(&two).await;
+    }
+    for _ in 0..2 {
+        b.recv().await;
+    }
+    let total = 20_000;
+    let inflight = 64;
+    let t0 = Instant::now();
+    let (mut sent, mut got) = (0, 0);
+    while sent < inflight {
+        b.send(&two).await;
+        sent += 1;
+    }
+    while got < total {
+        b.recv().await;
+        got += 1;
+        if sent < total {
+            b.send(&two).await;
+            sent += 1;
+        }
+    }
+    let tput = total as f64 / t0.elapsed().as_secs_f64();
+
+    // The floor: a direct round trip to a warm agent, no queue, no worker.
+    let docker = bollard::Docker::connect_with_defaults().unwrap();
+    let floor_dir = dir.join("floor");
+    let containers = worker::docker::Containers::new(
+        docker,
+        &format!("{}f", b.worker_id),
+        floor_dir.join("sock"),
+        64,
+        false,
+    );
+    let code_dir = floor_dir.join("code");
+    worker::code::unpack(
+        b"def handle(e, c):\n    return None\n",
+        CodeKind::Single,
+        "main.py",
+        &code_dir,
+    )
+    .unwrap();
+    let spec = worker::docker::Spec {
+        key: "floor@1",
+        runtime: Runtime::Python3,
+        handler: "main.handle",
+        function: "noop",
+        version: 1,
+        resources: Resources::new(1000, 128, 16),
+        code_dir: &code_dir,
+    };
+    let mut c = containers.start(&spec).await.unwrap();
+    let args = serde_json::json!({});
+    let mut floor = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for i in 0..3200 {
+        let ctx = worker::agent::AgentContext {
+            run_id: "r",
+            function: "noop",
+            version: 1,
+            deadline_ms: 0,
+            memory_mb: 128,
+        };
+        let t = Instant::now();
+        let r = c.conn.call("r", &args, ctx).await.unwrap();
+        assert!(r.ok);
+        if i >= 200 {
+            floor.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+    }
+    containers.remove(&c.id, &c.sock_dir).await;
+
+    // Stop the worker cleanly (SIGTERM) and check it left nothing behind.
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+
+    println!("worker benchmark (no-op python3 function, this machine)");
+    println!(
+        "  cold start, publish -> result:  p50 {:8.2} ms   p99 {:8.2} ms   (n=10)",
+        pct(&cold, 0.5),
+        pct(&cold, 0.99)
+    );
+    println!(
+        "  warm latency, publish -> result: p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
+        pct(&warm, 0.5),
+        pct(&warm, 0.99)
+    );
+    println!(
+        "  floor, direct agent round trip:  p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
+        pct(&floor, 0.5),
+        pct(&floor, 0.99)
+    );
+    println!(
+        "  overhead ratio (warm p50 / floor p50): {:.1}x",
+        pct(&warm, 0.5) / pct(&floor, 0.5)
+    );
+    println!("  warm throughput, 2 containers, 64 in flight: {tput:.0} invocations/s (n={total})");
+    println!(
+        "  worker RSS at idle with 10 warm containers: {:.1} MB",
+        idle_rss_kb as f64 / 1024.0
+    );
+
+    let _ = db.drop().await;
+    for q in [
+        b.names.worker_queue(&b.worker_id),
+        b.names.invocations_queue(),
+        b.names.dispatcher_results_queue(),
+        b.names.callbacks_queue(),
+        b.names.dead_letter_queue(),
+    ] {
+        let _ =
+            b.ch.queue_delete(q.as_str().into(), Default::default())
+                .await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
