@@ -101,6 +101,8 @@ pub mod collections {
     pub const LOGIN_ATTEMPTS: &str = "login_attempts";
     /// GridFS bucket holding function code packages, one file per content hash.
     pub const CODE_BUCKET: &str = "code";
+    /// The bucket's chunks collection (GridFS layout).
+    pub const CODE_CHUNKS: &str = "code.chunks";
 }
 
 /// One index: collection, key document, unique or not, and a stable name.
@@ -162,6 +164,12 @@ pub fn indexes() -> Vec<IndexSpec> {
             false,
         ),
         ix(HISTORY, "user_at", doc! {"user_id": 1, "at_ms": -1}, false),
+        ix(
+            CODE_CHUNKS,
+            "files_id_n",
+            doc! {"files_id": 1, "n": 1},
+            true,
+        ),
     ]
 }
 

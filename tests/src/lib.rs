@@ -88,7 +88,11 @@ impl Sandbox {
 
     /// Starts a worker in-process. `extra` overrides its environment (e.g. `WORKER_MEMORY_MB`).
     pub async fn start_worker(&mut self, extra: &[(&str, &str)]) -> Component {
-        let id = format!("w{}", rand_id());
+        let id = extra
+            .iter()
+            .find(|(k, _)| *k == "WORKER_ID")
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_else(|| format!("w{}", rand_id()));
         let dir = std::env::temp_dir().join("colorfaas-tests").join(&id);
         let dir = dir.to_string_lossy().into_owned();
         let mut all: Vec<(&str, &str)> = vec![
@@ -113,21 +117,7 @@ impl Sandbox {
         eventually(
             Duration::from_secs(30),
             "the worker consumes its queue",
-            || async {
-                let q = self
-                    .ch
-                    .queue_declare(
-                        queue.as_str().into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .ok()?;
-                (q.consumer_count() > 0).then_some(())
-            },
+            || async { (self.queue_info(&queue).await?.consumer_count() > 0).then_some(()) },
         )
         .await;
         c
@@ -250,9 +240,11 @@ impl Sandbox {
             .unwrap()
     }
 
-    /// Counts messages in a queue.
-    pub async fn queue_len(&self, queue: &str) -> u32 {
-        self.ch
+    /// A queue's counts, or `None` when it does not exist. (A passive declare of a missing
+    /// queue closes its channel, so each look uses a channel of its own.)
+    pub async fn queue_info(&self, queue: &str) -> Option<lapin::Queue> {
+        let ch = self.conn.create_channel().await.ok()?;
+        let q = ch
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -262,8 +254,16 @@ impl Sandbox {
                 FieldTable::default(),
             )
             .await
-            .map(|q| q.message_count())
-            .unwrap_or(0)
+            .ok();
+        let _ = ch.close(200, "done".into()).await;
+        q
+    }
+
+    /// Counts messages in a queue (0 when it does not exist).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.queue_info(queue)
+            .await
+            .map_or(0, |q| q.message_count())
     }
 
     /// Deletes the sandbox's queues and database.
@@ -377,5 +377,150 @@ where
             panic!("timed out after {deadline:?} waiting until {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The gateway's part of the sandbox: starting it, and seeding users, functions and API keys
+/// straight into the sandbox's database (as the portal would).
+impl Sandbox {
+    /// Starts a gateway in-process on port 0. `extra` overrides its environment (e.g.
+    /// `GATEWAY_RATE_PER_SEC`, or `AMQP_URL` to point it at a broker that is down). Ready when
+    /// it answers HTTP and, unless `AMQP_URL` is overridden, when `/healthz` says 200 (it has
+    /// connected to RabbitMQ and its reply queue is consumed).
+    pub async fn start_gateway(&mut self, extra: &[(&str, &str)]) -> Component {
+        let id = extra
+            .iter()
+            .find(|(k, _)| *k == "GATEWAY_ID")
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_else(|| format!("g{}", rand_id()));
+        let mut all: Vec<(&str, &str)> = vec![("GATEWAY_ID", &id), ("GATEWAY_ADDR", "127.0.0.1:0")];
+        all.extend_from_slice(extra);
+        let cfg = gateway::Config::from_env(&self.env(&all), &gateway::Flags::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, task) = spawn_component(move |shutdown| gateway::run(cfg, listener, shutdown));
+        let c = Component {
+            id,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let own_broker = !extra.iter().any(|(k, _)| *k == "AMQP_URL");
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/healthz");
+        eventually(Duration::from_secs(30), "the gateway is ready", || async {
+            let r = client.get(&url).send().await.ok()?;
+            (!own_broker || r.status() == 200).then_some(())
+        })
+        .await;
+        c
+    }
+
+    /// Inserts a user with `balance_micros`; returns the user id.
+    pub async fn seed_user(&self, balance_micros: i64) -> String {
+        let id = format!("u{}", rand_id());
+        let doc = schemas::UserDoc {
+            id: id.clone(),
+            email: format!("{id}@example.com"),
+            name: format!("user {id}"),
+            password_hash: "not-a-password".into(),
+            balance_micros,
+            created_at_ms: schemas::now_ms(),
+        };
+        self.db
+            .collection::<schemas::UserDoc>(schemas::names::collections::USERS)
+            .insert_one(&doc)
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Inserts an API key of `user_id` (stored hashed); returns `(key_id, secret)`.
+    pub async fn seed_api_key(&self, user_id: &str) -> (String, String) {
+        let secret = format!("cf_{}", uuid::Uuid::new_v4().simple());
+        let doc = schemas::ApiKeyDoc {
+            id: format!("k{}", rand_id()),
+            user_id: user_id.to_owned(),
+            label: "test".into(),
+            key_hash: gateway::store::hash_key(&secret),
+            created_at_ms: schemas::now_ms(),
+        };
+        self.db
+            .collection::<schemas::ApiKeyDoc>(schemas::names::collections::API_KEYS)
+            .insert_one(&doc)
+            .await
+            .unwrap();
+        (doc.id, secret)
+    }
+
+    /// Deletes an API key (as `DELETE /api/v1/keys/{id}` does).
+    pub async fn revoke_api_key(&self, key_id: &str) {
+        self.db
+            .collection::<schemas::ApiKeyDoc>(schemas::names::collections::API_KEYS)
+            .delete_one(bson::doc! {"_id": key_id})
+            .await
+            .unwrap();
+    }
+
+    /// A single-file function of `user_id` with its code stored, not yet inserted: sync, no
+    /// args schema, 500 millicores / 128 MB / 64 MB, 5 s timeout. Adjust, then
+    /// [`Sandbox::insert_function`].
+    pub async fn function_doc(
+        &self,
+        user_id: &str,
+        name: &str,
+        runtime: Runtime,
+        filename: &str,
+        handler: &str,
+        source: &str,
+    ) -> schemas::FunctionDoc {
+        let sha = self.store_code(source.as_bytes()).await;
+        let now = schemas::now_ms();
+        schemas::FunctionDoc {
+            id: format!("f{}", rand_id()),
+            user_id: user_id.to_owned(),
+            name: name.to_owned(),
+            runtime,
+            handler: handler.to_owned(),
+            filename: filename.to_owned(),
+            description: String::new(),
+            args_schema: Vec::new(),
+            mode: Mode::Sync,
+            resources: Resources::new(500, 128, 64),
+            timeout_ms: 5000,
+            version: 1,
+            code_sha256: sha,
+            code_size: source.len() as u64,
+            code_kind: CodeKind::Single,
+            created_at_ms: now,
+            updated_at_ms: now,
+        }
+    }
+
+    /// Inserts (or replaces) a function document.
+    pub async fn insert_function(&self, f: &schemas::FunctionDoc) {
+        self.db
+            .collection::<schemas::FunctionDoc>(schemas::names::collections::FUNCTIONS)
+            .replace_one(bson::doc! {"_id": &f.id}, f)
+            .upsert(true)
+            .await
+            .unwrap();
+    }
+
+    /// [`Sandbox::function_doc`] inserted as is.
+    pub async fn seed_function(
+        &self,
+        user_id: &str,
+        name: &str,
+        runtime: Runtime,
+        filename: &str,
+        handler: &str,
+        source: &str,
+    ) -> schemas::FunctionDoc {
+        let f = self
+            .function_doc(user_id, name, runtime, filename, handler, source)
+            .await;
+        self.insert_function(&f).await;
+        f
     }
 }

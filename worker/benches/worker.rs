@@ -171,7 +171,9 @@ async fn main() {
     let wq = names.worker_queue(&worker_id);
     let t0 = Instant::now();
     loop {
-        let ok = ch
+        // A passive declare of a missing queue closes its channel: use a fresh one each time.
+        let probe = conn.create_channel().await.unwrap();
+        let ok = probe
             .queue_declare(
                 wq.as_str().into(),
                 QueueDeclareOptions {
