@@ -370,11 +370,9 @@ class PythonRuntime(object):
             self.load_error = str(e)
         finally:
             _current = None
+        self.pending_logs = cap.text()
         if self.load_error is not None:
-            self.pending_logs = cap.text()
             _diag("load error: %s" % self.load_error)
-        else:
-            self.pending_logs = cap.text()
 
     def handle(self, payload):
         global _current
@@ -582,6 +580,7 @@ class ExecRuntime(object):
         exited = False
         kill_at = deadline_ms + DEADLINE_GRACE_MS if deadline_ms > 0 else 0
         killed = False
+        io_done = False
 
         def consume(fd, data):
             nonlocal out_len
@@ -596,7 +595,7 @@ class ExecRuntime(object):
             while open_pipes and not exited:
                 timeout = None
                 if kill_at and not killed:
-                    timeout = max(0, kill_at - int(time.time() * 1000))
+                    timeout = min(max(0, kill_at - int(time.time() * 1000)), 60000)
                 if pidfd < 0:
                     timeout = 50 if timeout is None else min(timeout, 50)
                 events = poller.poll(timeout)
@@ -604,8 +603,11 @@ class ExecRuntime(object):
                     if kill_at and not killed and int(time.time() * 1000) >= kill_at:
                         self._killpg(p.pid)
                         killed = True
-                    if pidfd < 0 and p.poll() is not None:
-                        exited = True
+                    if pidfd < 0:
+                        try:
+                            exited = os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+                        except ChildProcessError:
+                            exited = True
                     continue
                 for fd, _ev in events:
                     if fd == fin:
@@ -645,8 +647,18 @@ class ExecRuntime(object):
                         break
                     budget -= len(data)
                     consume(fd, data)
+            io_done = True
         finally:
-            self._killpg(p.pid)  # stragglers in the program's session
+            if not io_done:  # the I/O loop failed: do not wait for the program
+                self._killpg(p.pid)
+                kill_at = 0
+            # Wait for the program itself to exit, without reaping it: while it
+            # is a zombie its pid (= its process group id) cannot be reused, and
+            # its exit status can no longer be changed by the kill below.
+            if not self._wait_exited(p.pid, pidfd, kill_at, exited):
+                self._killpg(p.pid)  # past the deadline
+                self._wait_exited(p.pid, pidfd, 0, False)
+            self._killpg(p.pid)  # stragglers left in the program's session
             if stdin_open:
                 try:
                     p.stdin.close()
@@ -659,6 +671,29 @@ class ExecRuntime(object):
                 os.close(pidfd)
         duration_us = (_perf_ns() - t0) // 1000
         return status, bytes(out), out_len, duration_us
+
+    def _wait_exited(self, pid, pidfd, kill_at, exited):
+        """Blocks until `pid` has exited (not reaped) or, when kill_at is set,
+        until that time; True if it exited."""
+        if exited:
+            return True
+        while True:
+            timeout = None
+            if kill_at:
+                timeout = kill_at - int(time.time() * 1000)
+                if timeout <= 0:
+                    return False
+            if pidfd >= 0:
+                if self.select.select([pidfd], [], [], None if timeout is None else min(timeout, 60000) / 1000.0)[0]:
+                    return True
+                continue
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if info is not None:
+                return True
+            time.sleep(0.001)
 
     @staticmethod
     def _killpg(pgid):
