@@ -1,0 +1,284 @@
+//! The dispatcher against real ZooKeeper, RabbitMQ, MongoDB and Docker workers: the pipeline,
+//! failover without loss, dead workers, fairness, malformed input and impossible demands.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use schemas::{InvocationMsg, Resources, RunStatus, Runtime};
+use tests::{eventually, Sandbox};
+
+const ECHO: &str = "def handle(e, c):\n    return e\n";
+
+async fn echo(sb: &Sandbox, reply_to: &str) -> InvocationMsg {
+    let mut inv = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", ECHO)
+        .await;
+    inv.reply_to = Some(reply_to.to_owned());
+    inv
+}
+
+fn fresh(inv: &InvocationMsg, n: u64) -> InvocationMsg {
+    let mut i = inv.clone();
+    i.run_id = uuid::Uuid::now_v7().to_string();
+    i.args = serde_json::json!({ "n": n });
+    i
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_flow_through_the_leader_to_a_worker() {
+    let mut sb = Sandbox::new("pipeline").await;
+    let w = sb.start_worker(&[]).await;
+    let d = sb.start_dispatcher(&[]).await;
+    let mut replies = sb.reply_queue().await;
+    let inv = echo(&sb, &replies.name).await;
+    for n in 0..20 {
+        sb.publish_invocation(&fresh(&inv, n)).await;
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let r = replies
+            .next(Duration::from_secs(60))
+            .await
+            .expect("a result");
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        assert!(r.epoch >= 1, "tasks carry the leader's epoch");
+        seen.insert(r.result.unwrap()["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen.len(), 20);
+
+    // Malformed invocations are dead-lettered; the leader goes on.
+    sb.publish_raw(
+        &sb.names.invocations_queue(),
+        b"\xff not json",
+        "invocation",
+    )
+    .await;
+    let dlq = sb.names.dead_letter_queue();
+    eventually(
+        Duration::from_secs(10),
+        "the malformed invocation is dead-lettered",
+        || async { (sb.queue_len(&dlq).await == 1).then_some(()) },
+    )
+    .await;
+
+    // A demand no worker can ever hold fails fast with a clear error.
+    let mut huge = fresh(&inv, 99);
+    huge.resources = Resources::new(500, 1_000_000, 64);
+    let t0 = Instant::now();
+    sb.publish_invocation(&huge).await;
+    let r = replies
+        .next(Duration::from_secs(10))
+        .await
+        .expect("a fast failure");
+    assert_eq!(r.run_id, huge.run_id);
+    assert_eq!(r.status, RunStatus::Failed);
+    let e = r.error.unwrap();
+    assert_eq!(e.code, "platform_no_capacity");
+    assert!(e.message.contains("1000000 MB"), "{e:?}");
+    assert_eq!(r.billed_micros, 0);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    d.stop().await.unwrap();
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_nothing_and_runs_nothing_twice() {
+    let mut sb = Sandbox::new("failover").await;
+    let w = sb.start_worker(&[]).await;
+    let fast = [("DISPATCHER_ZK_SESSION_TIMEOUT", "2s")];
+    let mut d1 = sb.spawn_binary(
+        "dispatcher",
+        &[
+            &fast[..],
+            &[("DISPATCHER_ID", "d1"), ("DISPATCHER_ADDR", "127.0.0.1:0")],
+        ]
+        .concat(),
+    );
+    // Let d1 win the election before d2 joins.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut d2 = sb.spawn_binary(
+        "dispatcher",
+        &[
+            &fast[..],
+            &[("DISPATCHER_ID", "d2"), ("DISPATCHER_ADDR", "127.0.0.1:0")],
+        ]
+        .concat(),
+    );
+
+    let mut replies = sb.reply_queue().await;
+    let inv = echo(&sb, &replies.name).await;
+    let total = 200u64;
+    let mut results: HashMap<u64, u32> = HashMap::new();
+    let mut killed_at = None;
+    let mut first_after_kill = None;
+    for n in 0..total {
+        sb.publish_invocation(&fresh(&inv, n)).await;
+        if n == 60 {
+            tests::signal(&d1, "KILL");
+            killed_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while (results.len() as u64) < total {
+        let r = replies
+            .next(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("lost invocations: {} of {total} came back", results.len()));
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        if r.epoch > 1 && first_after_kill.is_none() {
+            first_after_kill = Some(Instant::now());
+        }
+        *results
+            .entry(r.result.unwrap()["n"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert!(
+        replies.next(Duration::from_secs(2)).await.is_none(),
+        "an invocation ran twice"
+    );
+    assert!(results.values().all(|&c| c == 1));
+    let took = first_after_kill.expect("the standby dispatched") - killed_at.unwrap();
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    let _ = d1.wait();
+    tests::signal(&d2, "TERM");
+    let _ = d2.wait();
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_queued_tasks_run_elsewhere() {
+    let mut sb = Sandbox::new("deadworker").await;
+    // Worker A is a real process we can kill; it is small so work spreads.
+    let a_id = format!("wa{}", tests::rand_id());
+    let a_dir = std::env::temp_dir().join("colorfaas-tests").join(&a_id);
+    let mut a = sb.spawn_binary(
+        "worker",
+        &[
+            ("WORKER_ID", &a_id),
+            ("WORKER_DIR", &a_dir.to_string_lossy()),
+            ("WORKER_ADDR", "127.0.0.1:0"),
+            ("WORKER_HEARTBEAT", "300ms"),
+            ("WORKER_MEMORY_MB", "512"),
+        ],
+    );
+    let b = sb
+        .start_worker(&[("WORKER_HEARTBEAT", "300ms"), ("WORKER_MEMORY_MB", "512")])
+        .await;
+    let d = sb.start_dispatcher(&[]).await;
+    let mut replies = sb.reply_queue().await;
+    let mut inv = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "import time\ndef handle(e, c):\n    time.sleep(0.3)\n    return e\n",
+        )
+        .await;
+    inv.reply_to = Some(replies.name.clone());
+    let a_queue = sb.names.worker_queue(&a_id);
+    eventually(Duration::from_secs(30), "worker A is up", || async {
+        (sb.queue_info(&a_queue).await?.consumer_count() > 0).then_some(())
+    })
+    .await;
+    let total = 24u64;
+    for n in 0..total {
+        sb.publish_invocation(&fresh(&inv, n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tests::signal(&a, "KILL");
+    let _ = a.wait();
+    let mut got = HashSet::new();
+    while (got.len() as u64) < total {
+        let r = replies
+            .next(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("lost tasks: {} of {total} came back", got.len()));
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        got.insert(r.result.unwrap()["n"].as_u64().unwrap());
+    }
+    // Clean up what the killed worker left.
+    let docker = bollard::Docker::connect_with_defaults().unwrap();
+    for c in sb.containers_of(&a_id).await {
+        let _ = docker
+            .remove_container(
+                &c.id.unwrap(),
+                Some(bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+    d.stop().await.unwrap();
+    b.stop().await.unwrap();
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_flooding_users_converge_to_the_drf_allocation() {
+    let mut sb = Sandbox::new("drf").await;
+    // One worker: 4 vCPU, 2 GB. User A: <1 vCPU, 128 MB>; user B: <250 m, 512 MB>.
+    // DRF: A gets x tasks, B gets y with x/4 = y/4 (dominant shares equal: cpu for A, mem for B)
+    // and x*1000 + y*250 <= 4000, x*128 + y*512 <= 2048 → x = 3, y = 3.
+    let w = sb
+        .start_worker(&[
+            ("WORKER_CPU_MILLICORES", "4000"),
+            ("WORKER_MEMORY_MB", "2048"),
+            ("WORKER_HEARTBEAT", "200ms"),
+        ])
+        .await;
+    let d = sb.start_dispatcher(&[]).await;
+    let mut replies = sb.reply_queue().await;
+    let src = "import time\ndef handle(e, c):\n    time.sleep(0.4)\n    return e\n";
+    let mut a = sb
+        .invocation(Runtime::Python3, "main.py", "main.handle", src)
+        .await;
+    a.user_id = "user-a".into();
+    a.resources = Resources::new(1000, 128, 16);
+    a.reply_to = Some(replies.name.clone());
+    let mut b = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            &format!("{src}# b\n"),
+        )
+        .await;
+    b.user_id = "user-b".into();
+    b.resources = Resources::new(250, 512, 16);
+    b.reply_to = Some(replies.name.clone());
+    let per_user = 30u64;
+    for n in 0..per_user {
+        sb.publish_invocation(&fresh(&a, n)).await;
+        sb.publish_invocation(&fresh(&b, n)).await;
+    }
+    // While both have work queued, sample the workers' running sets through heartbeats.
+    let mut done = 0;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    while done < 2 * per_user {
+        let r = replies
+            .next(Duration::from_secs(60))
+            .await
+            .expect("results keep coming");
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        *counts.entry(r.user_id.clone()).or_default() += 1;
+        done += 1;
+        // In the middle of the flood (both users still busy), the completion rates are the
+        // running shares: 3 tasks each of equal duration → equal counts within 10 %.
+        if done == per_user {
+            let ca = counts.get("user-a").copied().unwrap_or(0) as f64;
+            let cb = counts.get("user-b").copied().unwrap_or(0) as f64;
+            let ratio = ca / cb;
+            assert!(
+                (0.9..=1.1).contains(&ratio) || (ca - cb).abs() <= 3.0,
+                "A {ca} vs B {cb}"
+            );
+        }
+    }
+    d.stop().await.unwrap();
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
