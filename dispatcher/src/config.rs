@@ -20,7 +20,7 @@ pub struct Flags {
     /// ZooKeeper connect string [env: ZK_CONNECT; default 127.0.0.1:2181]
     #[arg(long)]
     pub zk: Option<String>,
-    /// ZooKeeper session timeout [env: DISPATCHER_ZK_SESSION_TIMEOUT; default 4s]
+    /// ZooKeeper session timeout [env: DISPATCHER_ZK_SESSION_TIMEOUT; default 2s]
     #[arg(long)]
     pub session_timeout: Option<String>,
 }
@@ -96,7 +96,7 @@ mod tests {
         let env: Env = [("DISPATCHER_ID".to_owned(), "d1".to_owned())].into();
         let c = Config::from_env(&env, &Flags::default()).unwrap();
         assert_eq!(c.id, "d1");
-        assert_eq!(c.session_timeout, Duration::from_secs(4));
+        assert_eq!(c.session_timeout, Duration::from_secs(2));
         let env: Env = [(
             "DISPATCHER_ZK_SESSION_TIMEOUT".to_owned(),
             "100ms".to_owned(),

@@ -282,3 +282,82 @@ async fn two_flooding_users_converge_to_the_drf_allocation() {
     w.stop().await.unwrap();
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_cannot_dispatch_after_its_session_expired() {
+    let mut sb = Sandbox::new("fencing").await;
+    let w = sb.start_worker(&[("WORKER_MEMORY_MB", "256")]).await;
+    // d1's AMQP connection outlives its pause (long AMQP heartbeat), so it still holds its
+    // invocations when it wakes up: only fencing can stop what it sends then.
+    let amqp_long = format!("{}?heartbeat=120", tests::AMQP_URL);
+    let mut d1 = sb.spawn_binary(
+        "dispatcher",
+        &[
+            ("DISPATCHER_ID", "d1"),
+            ("DISPATCHER_ADDR", "127.0.0.1:0"),
+            ("DISPATCHER_ZK_SESSION_TIMEOUT", "2s"),
+            ("AMQP_URL", &amqp_long),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut d2 = sb.spawn_binary(
+        "dispatcher",
+        &[
+            ("DISPATCHER_ID", "d2"),
+            ("DISPATCHER_ADDR", "127.0.0.1:0"),
+            ("DISPATCHER_ZK_SESSION_TIMEOUT", "2s"),
+        ],
+    );
+    let mut replies = sb.reply_queue().await;
+    let mut inv = sb
+        .invocation(
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            "import time\ndef handle(e, c):\n    time.sleep(1)\n    return e\n",
+        )
+        .await;
+    inv.reply_to = Some(replies.name.clone());
+    // 2 run at a time on the worker; d1 holds the rest.
+    let total = 8u64;
+    for n in 0..total {
+        sb.publish_invocation(&fresh(&inv, n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tests::signal(&d1, "STOP");
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tests::signal(&d1, "CONT");
+    let resumed = Instant::now();
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    let mut after: Vec<u64> = Vec::new();
+    while (counts.len() as u64) < total {
+        let r = replies
+            .next(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("lost invocations: {} of {total}", counts.len()));
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        if Instant::now() > resumed + Duration::from_secs(2) {
+            after.push(r.epoch);
+        }
+        *counts
+            .entry(r.result.unwrap()["n"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert!(
+        replies.next(Duration::from_secs(2)).await.is_none(),
+        "an invocation ran twice"
+    );
+    assert!(counts.values().all(|&c| c == 1));
+    assert!(
+        after.iter().all(|&e| e > 1),
+        "a task of the paused leader ran: epochs {after:?}"
+    );
+    assert!(stopped.elapsed() > Duration::from_secs(5));
+    tests::signal(&d1, "TERM");
+    tests::signal(&d2, "TERM");
+    let _ = d1.wait();
+    let _ = d2.wait();
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
