@@ -61,7 +61,7 @@ impl Config {
         let session_timeout = dur(
             flags.session_timeout.as_deref(),
             "DISPATCHER_ZK_SESSION_TIMEOUT",
-            "4s",
+            "2s",
         )?;
         if session_timeout < Duration::from_millis(1000) {
             return Err(ConfigError::new(
