@@ -234,8 +234,8 @@ mod tests {
         let mut p = WarmPool::new(1024);
         let t0 = Instant::now();
         cold(&mut p, "a@1", 100);
-        p.release("a@1", "old", 100, t0);
         cold(&mut p, "a@1", 100);
+        p.release("a@1", "old", 100, t0);
         p.release("a@1", "new", 100, t0 + Duration::from_secs(50));
         let gone = p.expire(t0 + Duration::from_secs(60), Duration::from_secs(30));
         assert_eq!(gone, vec!["old"]);
