@@ -45,9 +45,19 @@ fn invocation(n: u64) -> InvocationMsg {
 /// A fake worker: beats every 200 ms with a huge capacity; returns its task consumer.
 async fn fake_worker(conn: &lapin::Connection, names: &AmqpNames, id: &str) -> lapin::Consumer {
     let ch = conn.create_channel().await.unwrap();
-    let q = common::amqp::declare_worker_queue(&ch, names, id).await.unwrap();
+    let q = common::amqp::declare_worker_queue(&ch, names, id)
+        .await
+        .unwrap();
     let consumer = ch
-        .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let beat_ch = conn.create_channel().await.unwrap();
@@ -71,7 +81,13 @@ async fn fake_worker(conn: &lapin::Connection, names: &AmqpNames, id: &str) -> l
             };
             let body = serde_json::to_vec(&hb).unwrap();
             if beat_ch
-                .basic_publish(names.heartbeats_exchange().as_str().into(), "".into(), BasicPublishOptions::default(), &body, common::amqp::props("heartbeat", false))
+                .basic_publish(
+                    names.heartbeats_exchange().as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    common::amqp::props("heartbeat", false),
+                )
                 .await
                 .is_err()
             {
@@ -118,25 +134,49 @@ fn spawn_dispatcher(prefix: &str, id: &str) -> std::process::Child {
 
 #[tokio::main]
 async fn main() {
-    let conn = common::amqp::connect(AMQP_URL, "dispatcher bench").await.unwrap();
+    let conn = common::amqp::connect(AMQP_URL, "dispatcher bench")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
 
     // Floor: a bare publish → consume round trip on one queue.
     let q = ch
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut c = ch
-        .basic_consume(q.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let body = serde_json::to_vec(&invocation(0)).unwrap();
     let mut floor = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for i in 0..3200 {
         let t = Instant::now();
-        ch.basic_publish("".into(), q.name().as_str().into(), BasicPublishOptions::default(), &body, common::amqp::props("invocation", true))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "".into(),
+            q.name().as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            common::amqp::props("invocation", true),
+        )
+        .await
+        .unwrap();
         c.next().await.unwrap().unwrap();
         if i >= 200 {
             floor.record(t.elapsed().as_micros() as u64).unwrap();
@@ -151,7 +191,10 @@ async fn main() {
     let env: common::config::Env = [
         ("COLORFAAS_AMQP_PREFIX".to_owned(), prefix.clone()),
         ("DISPATCHER_ID".to_owned(), "dbench".to_owned()),
-        ("MONGODB_DB".to_owned(), format!("bench_{}", prefix.replace('-', "_"))),
+        (
+            "MONGODB_DB".to_owned(),
+            format!("bench_{}", prefix.replace('-', "_")),
+        ),
     ]
     .into();
     let cfg = dispatcher::Config::from_env(&env, &dispatcher::Flags::default()).unwrap();
@@ -163,17 +206,25 @@ async fn main() {
     // Warm up until the leader dispatches.
     loop {
         publish_inv(&ch, &names, &invocation(0)).await;
-        if next_task(&mut tasks, Duration::from_millis(500)).await.is_some() {
+        if next_task(&mut tasks, Duration::from_millis(500))
+            .await
+            .is_some()
+        {
             break;
         }
     }
-    while next_task(&mut tasks, Duration::from_millis(300)).await.is_some() {}
+    while next_task(&mut tasks, Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
     let mut hop = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for i in 0..3200u64 {
         let inv = invocation(i);
         let t = Instant::now();
         publish_inv(&ch, &names, &inv).await;
-        let task = next_task(&mut tasks, Duration::from_secs(10)).await.expect("a task");
+        let task = next_task(&mut tasks, Duration::from_secs(10))
+            .await
+            .expect("a task");
         assert_eq!(task.invocation.run_id, inv.run_id);
         if i >= 200 {
             hop.record(t.elapsed().as_micros() as u64).unwrap();
@@ -185,7 +236,10 @@ async fn main() {
     // Failover, median of 5: SIGKILL the leader, time until the standby's first task.
     let mut failovers = Vec::new();
     for round in 0..5 {
-        let prefix = format!("bench-fo{round}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let prefix = format!(
+            "bench-fo{round}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         let names = AmqpNames::new(prefix.clone());
         common::amqp::declare_topology(&ch, &names).await.unwrap();
         let mut tasks = fake_worker(&conn, &names, "wfo").await;
@@ -198,8 +252,14 @@ async fn main() {
         };
         let mut d2 = spawn_dispatcher(&prefix, "d2");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        while next_task(&mut tasks, Duration::from_millis(100)).await.is_some() {}
-        let _ = std::process::Command::new("kill").arg("-KILL").arg(d1.id().to_string()).status();
+        while next_task(&mut tasks, Duration::from_millis(100))
+            .await
+            .is_some()
+        {}
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(d1.id().to_string())
+            .status();
         let killed = Instant::now();
         let took = loop {
             publish_inv(&ch, &names, &invocation(1)).await;
@@ -212,24 +272,58 @@ async fn main() {
         };
         failovers.push(took);
         let _ = d1.wait();
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(d2.id().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(d2.id().to_string())
+            .status();
         let _ = d2.wait();
-        for qn in [names.invocations_queue(), names.worker_queue("wfo"), names.dispatcher_results_queue(), names.callbacks_queue(), names.dead_letter_queue()] {
-            let _ = ch.queue_delete(qn.as_str().into(), Default::default()).await;
+        for qn in [
+            names.invocations_queue(),
+            names.worker_queue("wfo"),
+            names.dispatcher_results_queue(),
+            names.callbacks_queue(),
+            names.dead_letter_queue(),
+        ] {
+            let _ = ch
+                .queue_delete(qn.as_str().into(), Default::default())
+                .await;
         }
     }
     failovers.sort();
 
     println!("dispatcher benchmark (this machine)");
-    println!("  floor, bare publish -> consume:        p50 {:7.3} ms  p99 {:7.3} ms  (n=3000)", pct(&floor, 0.5), pct(&floor, 0.99));
-    println!("  invocation -> task on worker queue:    p50 {:7.3} ms  p99 {:7.3} ms  (n=3000)", pct(&hop, 0.5), pct(&hop, 0.99));
-    println!("  added by the dispatcher hop (p50):     {:7.3} ms", pct(&hop, 0.5) - pct(&floor, 0.5));
+    println!(
+        "  floor, bare publish -> consume:        p50 {:7.3} ms  p99 {:7.3} ms  (n=3000)",
+        pct(&floor, 0.5),
+        pct(&floor, 0.99)
+    );
+    println!(
+        "  invocation -> task on worker queue:    p50 {:7.3} ms  p99 {:7.3} ms  (n=3000)",
+        pct(&hop, 0.5),
+        pct(&hop, 0.99)
+    );
+    println!(
+        "  added by the dispatcher hop (p50):     {:7.3} ms",
+        pct(&hop, 0.5) - pct(&floor, 0.5)
+    );
     println!(
         "  failover, leader SIGKILL -> first task by the new leader: median {:.2} s  (all: {})",
         failovers[2].as_secs_f64(),
-        failovers.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>().join(", ")
+        failovers
+            .iter()
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    for qn in [names.invocations_queue(), names.worker_queue("wbench"), names.dispatcher_results_queue(), names.callbacks_queue(), names.dead_letter_queue()] {
-        let _ = ch.queue_delete(qn.as_str().into(), Default::default()).await;
+    for qn in [
+        names.invocations_queue(),
+        names.worker_queue("wbench"),
+        names.dispatcher_results_queue(),
+        names.callbacks_queue(),
+        names.dead_letter_queue(),
+    ] {
+        let _ = ch
+            .queue_delete(qn.as_str().into(), Default::default())
+            .await;
     }
 }
