@@ -524,3 +524,105 @@ impl Sandbox {
         f
     }
 }
+
+/// Dispatchers: in-process, or as real processes that a test can SIGKILL / SIGSTOP.
+impl Sandbox {
+    /// Starts a dispatcher in-process.
+    pub async fn start_dispatcher(&mut self, extra: &[(&str, &str)]) -> Component {
+        let id = format!("d{}", rand_id());
+        let mut all: Vec<(&str, &str)> = vec![
+            ("DISPATCHER_ID", &id),
+            ("DISPATCHER_NO_WORKER_GRACE", "30s"),
+        ];
+        all.extend_from_slice(extra);
+        let cfg =
+            dispatcher::Config::from_env(&self.env(&all), &dispatcher::Flags::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, task) =
+            spawn_component(move |shutdown| dispatcher::run(cfg, listener, shutdown));
+        Component {
+            id,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a workspace binary (built by `cargo build`) as a child process of this sandbox.
+    pub fn spawn_binary(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let bin = target.join("debug").join(name);
+        assert!(
+            bin.exists(),
+            "{} is not built; run `cargo build --workspace` first",
+            bin.display()
+        );
+        std::process::Command::new(bin)
+            .env_clear()
+            .envs(self.env(extra))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning a binary")
+    }
+
+    /// Publishes an invocation as the gateway would.
+    pub async fn publish_invocation(&self, inv: &InvocationMsg) {
+        self.publish_raw(
+            &self.names.invocations_queue(),
+            &serde_json::to_vec(inv).unwrap(),
+            "invocation",
+        )
+        .await;
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// The whole pipeline (gateway → RabbitMQ → dispatcher → worker → container) and its tenants.
+impl Sandbox {
+    /// Starts a worker (environment `worker_env`), a dispatcher and a gateway (environment
+    /// `gateway_env`) of this sandbox; returns `(worker, dispatcher, gateway)` once the worker
+    /// consumes its queue, a dispatcher leads (consumes the invocations queue) and the gateway
+    /// is healthy.
+    pub async fn start_pipeline(
+        &mut self,
+        worker_env: &[(&str, &str)],
+        gateway_env: &[(&str, &str)],
+    ) -> (Component, Component, Component) {
+        let w = self.start_worker(worker_env).await;
+        let d = self.start_dispatcher(&[]).await;
+        let gw = self.start_gateway(gateway_env).await;
+        let queue = self.names.invocations_queue();
+        eventually(
+            Duration::from_secs(30),
+            "a dispatcher leads and consumes the invocations",
+            || async { (self.queue_info(&queue).await?.consumer_count() > 0).then_some(()) },
+        )
+        .await;
+        (w, d, gw)
+    }
+
+    /// Seeds a user with `balance_micros` and an API key of theirs; returns
+    /// `(user_id, api_key_secret)`.
+    pub async fn seed_tenant(&self, balance_micros: i64) -> (String, String) {
+        let user_id = self.seed_user(balance_micros).await;
+        let (_, secret) = self.seed_api_key(&user_id).await;
+        (user_id, secret)
+    }
+}
