@@ -15,4 +15,12 @@ echo "[test] cargo build"
 cargo build --workspace --all-targets --quiet
 
 echo "[test] cargo test"
-cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one per binary, the last often for an
+# empty doc-test set).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\n%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
