@@ -123,6 +123,7 @@ up() {
   start_rabbitmq
   start_zookeeper
   start_mongodb
+  apt_install mmdebstrap
   bash "$ROOT/scripts/build-images.sh"
   log "stack ready in $((SECONDS - t0)) s"
 }
