@@ -46,7 +46,7 @@ start portal
 
 echo
 echo "Color FaaS is running:"
-echo "  portal   http://$PORTAL_ADDR"
+if [ -x "$BIN/portal" ]; then echo "  portal   http://$PORTAL_ADDR"; else echo "  portal   (not built yet)"; fi
 echo "  gateway  http://$GATEWAY_ADDR/v1/invoke/<function>"
 echo "  rabbitmq http://127.0.0.1:15672 (guest/guest)"
 echo "Ctrl-C stops it."
