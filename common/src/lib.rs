@@ -8,6 +8,7 @@ pub mod config;
 pub mod error_body;
 pub mod metrics;
 pub mod mongo;
+pub mod ops;
 pub mod pricing;
 pub mod runstore;
 pub mod shutdown;

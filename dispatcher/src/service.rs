@@ -34,7 +34,6 @@ use schemas::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use warp::Filter;
 
 use crate::config::Config;
 use crate::drf::{Scheduler, Task};
@@ -787,35 +786,24 @@ impl Dispatcher {
     }
 }
 
+/// Serves `/healthz` (MongoDB and RabbitMQ reachable; says whether this one leads) and
+/// `/metrics`.
 async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     leading: Arc<AtomicBool>,
     amqp_status: lapin::ConnectionStatus,
     db: mongodb::Database,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let healthz = warp::path("healthz").and(warp::get()).then(move || {
+    let health = move || -> common::ops::HealthFuture {
         let (db, amqp_status, leading) = (db.clone(), amqp_status.clone(), leading.clone());
-        let fut: std::pin::Pin<Box<dyn Future<Output = warp::reply::WithStatus<warp::reply::Json>> + Send>> =
-            Box::pin(async move {
-                let mongo = common::mongo::ping(&db).await.is_ok();
-                let amqp = amqp_status.connected();
-                let body = serde_json::json!({"mongodb": mongo, "rabbitmq": amqp, "leader": leading.load(Ordering::SeqCst)});
-                let status = if mongo && amqp { warp::http::StatusCode::OK } else { warp::http::StatusCode::SERVICE_UNAVAILABLE };
-                warp::reply::with_status(warp::reply::json(&body), status)
-            });
-        fut
-    });
-    let metrics_route = warp::path("metrics")
-        .and(warp::get())
-        .map(move || metrics.registry.render());
-    let routes = healthz.or(metrics_route).boxed();
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop.wait_for(|s| *s).await;
+        Box::pin(async move {
+            let mongo = common::mongo::ping(&db).await.is_ok();
+            let amqp = amqp_status.connected();
+            let body = serde_json::json!({"mongodb": mongo, "rabbitmq": amqp, "leader": leading.load(Ordering::SeqCst)});
+            (mongo && amqp, body)
         })
-        .run()
-        .await;
+    };
+    common::ops::serve(listener, metrics.registry.clone(), health, stop).await;
 }

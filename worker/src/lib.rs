@@ -36,7 +36,6 @@ use schemas::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use warp::Filter;
 
 pub use config::{Config, Flags};
 
@@ -850,40 +849,22 @@ async fn reaper_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn health(inner: &Inner) -> warp::reply::WithStatus<warp::reply::Json> {
-    let docker = inner.containers.docker().ping().await.is_ok();
-    let mongo = common::mongo::ping(&inner.db).await.is_ok();
-    let amqp = inner.amqp_conn.status().connected();
-    let body = serde_json::json!({"docker": docker, "mongodb": mongo, "rabbitmq": amqp});
-    let status = if docker && mongo && amqp {
-        warp::http::StatusCode::OK
-    } else {
-        warp::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    warp::reply::with_status(warp::reply::json(&body), status)
-}
-
-async fn serve_http(inner: Arc<Inner>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let health_inner = inner.clone();
-    let healthz = warp::path("healthz").and(warp::get()).then(move || {
-        let inner = health_inner.clone();
-        let fut: std::pin::Pin<
-            Box<dyn Future<Output = warp::reply::WithStatus<warp::reply::Json>> + Send>,
-        > = Box::pin(async move { health(&inner).await });
-        fut
-    });
-    let metrics_inner = inner.clone();
-    let metrics = warp::path("metrics")
-        .and(warp::get())
-        .map(move || metrics_inner.metrics.registry.render());
-    let routes = healthz.or(metrics).boxed();
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop.wait_for(|s| *s).await;
+/// Serves `/healthz` (Docker, MongoDB and RabbitMQ reachable) and `/metrics`.
+async fn serve_http(inner: Arc<Inner>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let registry = inner.metrics.registry.clone();
+    let health = move || -> common::ops::HealthFuture {
+        let inner = inner.clone();
+        Box::pin(async move {
+            let docker = inner.containers.docker().ping().await.is_ok();
+            let mongo = common::mongo::ping(&inner.db).await.is_ok();
+            let amqp = inner.amqp_conn.status().connected();
+            (
+                docker && mongo && amqp,
+                serde_json::json!({"docker": docker, "mongodb": mongo, "rabbitmq": amqp}),
+            )
         })
-        .run()
-        .await;
+    };
+    common::ops::serve(listener, registry, health, stop).await;
 }
 
 #[cfg(test)]
