@@ -54,7 +54,7 @@ use schemas::{now_ms, BillDoc, BillState, BillStatus, HistoryDoc, HistoryKind, R
 
 use crate::billing::DRAFTS;
 pub use crate::card::{Card, CardError, ValidCard};
-use crate::wire;
+use common::wire;
 
 /// New accounts start with this much credit unless configured otherwise.
 pub const DEFAULT_FREE_CREDIT_MICROS: i64 = 1_000_000;

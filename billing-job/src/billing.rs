@@ -55,7 +55,7 @@ use schemas::{now_ms, BillDoc, BillItem, BillState, BillStatus, Resources, RunSt
 use tokio::sync::mpsc;
 
 use crate::lease::{Lease, LeaseHeld};
-use crate::wire;
+use common::wire;
 
 /// The billing job's private collection of bills being created: `{_id: <bill id>, user_id,
 /// created_at_ms, pass_id, n_items, run_ids: [...]}`. Nothing but the billing job (and the

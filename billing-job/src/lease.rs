@@ -21,7 +21,7 @@ use mongodb::Database;
 use schemas::names::collections;
 use schemas::now_ms;
 
-use crate::wire;
+use common::wire;
 
 /// Another job holds the lease: the pass did nothing.
 #[derive(Debug, Clone, thiserror::Error)]

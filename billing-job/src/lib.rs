@@ -7,7 +7,6 @@ pub mod billing;
 pub mod card;
 pub mod config;
 pub mod lease;
-mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

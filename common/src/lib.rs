@@ -13,3 +13,4 @@ pub mod pricing;
 pub mod runstore;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wire;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bson::{doc, Bson, Document};
+use bson::{doc, Document};
 use mongodb::Database;
 use schemas::names::collections;
 use schemas::{BillState, RunDoc, RunStatus};
@@ -173,16 +173,8 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
             RunWrite::Finished(d) => updates.push(finish_statement(d)?),
         }
     }
-    if !inserts.is_empty() {
-        let reply = db
-            .run_command(doc! {
-                "insert": collections::RUNS,
-                "documents": inserts,
-                "ordered": false,
-            })
-            .await?;
-        check_write_reply(&reply, "inserting pending runs")?;
-    }
+    // Duplicate keys are expected: they are how repeated writes are refused.
+    crate::wire::insert(db, collections::RUNS, inserts, "inserting pending runs").await?;
     if !updates.is_empty() {
         let reply = db
             .run_command(doc! {
@@ -191,7 +183,7 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
                 "ordered": false,
             })
             .await?;
-        check_write_reply(&reply, "updating runs")?;
+        crate::wire::duplicate_indices(&reply, "updating runs")?;
     }
     Ok(())
 }
@@ -240,29 +232,6 @@ fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
         },
         "upsert": true,
     })
-}
-
-/// A write command's reply: duplicate keys are expected (they are how repeated writes are
-/// refused); anything else is an error.
-fn check_write_reply(reply: &Document, what: &str) -> anyhow::Result<()> {
-    if let Ok(errs) = reply.get_array("writeErrors") {
-        for e in errs {
-            let code = match e {
-                Bson::Document(d) => d
-                    .get("code")
-                    .and_then(|c| c.as_i32().map(i64::from).or_else(|| c.as_i64()))
-                    .unwrap_or(0),
-                _ => 0,
-            };
-            if code != 11000 {
-                anyhow::bail!("{what}: write error {e}");
-            }
-        }
-    }
-    if let Ok(e) = reply.get_document("writeConcernError") {
-        anyhow::bail!("{what}: write concern error {e}");
-    }
-    Ok(())
 }
 
 /// A pending run's document, as the gateway writes it.
