@@ -418,11 +418,15 @@ async fn a_restarted_worker_reaps_what_a_crashed_one_left() {
         1,
         "the crash left its container"
     );
+    // The crashed worker's consumer may still be registered, so "ready" can come before the
+    // new worker's start-up reap: wait for the reap with a deadline.
     let w2 = sb.start_worker(&[("WORKER_ID", &id)]).await;
-    assert!(
-        sb.containers_of(&id).await.is_empty(),
-        "the new worker reaped it"
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the new worker reaped it",
+        || async { sb.containers_of(&id).await.is_empty().then_some(()) },
+    )
+    .await;
     w2.stop().await.unwrap();
     sb.cleanup().await;
 }
