@@ -400,7 +400,25 @@ async fn duplicates_run_once_and_malformed_tasks_are_dead_lettered() {
 async fn a_restarted_worker_reaps_what_a_crashed_one_left() {
     let mut sb = Sandbox::new("reap").await;
     let id = format!("w{}", tests::rand_id());
-    let w = sb.start_worker(&[("WORKER_ID", &id)]).await;
+    let dir = std::env::temp_dir().join("colorfaas-tests").join(&id);
+    // A real crash: a worker process killed with SIGKILL leaves its container behind and its
+    // AMQP connection dies with it (an aborted in-process task would leave helper tasks alive).
+    let mut crashed = sb.spawn_binary(
+        "worker",
+        &[
+            ("WORKER_ID", &id),
+            ("WORKER_DIR", &dir.to_string_lossy()),
+            ("WORKER_HEARTBEAT", "200ms"),
+            ("WORKER_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let queue = sb.names.worker_queue(&id);
+    eventually(
+        Duration::from_secs(30),
+        "the first worker consumes its queue",
+        || async { (sb.queue_info(&queue).await?.consumer_count() > 0).then_some(()) },
+    )
+    .await;
     let inv = sb
         .invocation(
             Runtime::Python3,
@@ -411,22 +429,25 @@ async fn a_restarted_worker_reaps_what_a_crashed_one_left() {
         .await;
     sb.run_task(&id, inv).await;
     assert_eq!(sb.containers_of(&id).await.len(), 1);
-    w.abort(); // a crash: nothing cleaned up
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tests::signal(&crashed, "KILL");
+    crashed.wait().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the crashed worker's consumer is gone",
+        || async { (sb.queue_info(&queue).await?.consumer_count() == 0).then_some(()) },
+    )
+    .await;
     assert_eq!(
         sb.containers_of(&id).await.len(),
         1,
         "the crash left its container"
     );
-    // The crashed worker's consumer may still be registered, so "ready" can come before the
-    // new worker's start-up reap: wait for the reap with a deadline.
+    // The new worker reaps before it consumes, and start_worker returns once it consumes.
     let w2 = sb.start_worker(&[("WORKER_ID", &id)]).await;
-    eventually(
-        Duration::from_secs(10),
-        "the new worker reaped it",
-        || async { sb.containers_of(&id).await.is_empty().then_some(()) },
-    )
-    .await;
+    assert!(
+        sb.containers_of(&id).await.is_empty(),
+        "the new worker consumed before reaping what the crashed one left"
+    );
     w2.stop().await.unwrap();
     sb.cleanup().await;
 }
