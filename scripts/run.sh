@@ -44,9 +44,19 @@ SUFFIX=-2 start dispatcher DISPATCHER_ID=dispatcher-2 DISPATCHER_ADDR=127.0.0.1:
 start gateway
 start portal
 
+wait_healthy() { # name, host:port — waits until its /healthz says 200 (at most a minute)
+  for _ in $(seq 1 120); do
+    if curl -fsS -o /dev/null "http://$2/healthz" 2>/dev/null; then return 0; fi
+    sleep 0.5
+  done
+  echo "[run] $1 is not healthy yet; see $STATE/$1.log"
+}
+wait_healthy gateway "$GATEWAY_ADDR"
+wait_healthy portal "$PORTAL_ADDR"
+
 echo
 echo "Color FaaS is running:"
-if [ -x "$BIN/portal" ]; then echo "  portal   http://$PORTAL_ADDR"; else echo "  portal   (not built yet)"; fi
+echo "  portal   http://$PORTAL_ADDR  (web pages; JSON API under /api/v1)"
 echo "  gateway  http://$GATEWAY_ADDR/v1/invoke/<function>"
 echo "  rabbitmq http://127.0.0.1:15672 (guest/guest)"
 echo "Ctrl-C stops it."

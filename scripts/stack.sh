@@ -124,6 +124,7 @@ up() {
   start_zookeeper
   start_mongodb
   apt_install mmdebstrap
+  apt_install chromium chromium-driver # the portal's browser test (headless, via chromedriver)
   bash "$ROOT/scripts/build-images.sh"
   log "stack ready in $((SECONDS - t0)) s"
 }

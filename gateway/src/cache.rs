@@ -1,6 +1,8 @@
-//! A small bounded cache whose entries expire after a per-entry TTL, with single-flight loads:
-//! concurrent misses of one key share one database round trip. Time is tokio's clock, so tests
-//! can pause it.
+//! A small bounded cache whose entries expire after a per-entry TTL, with single-flight loads
+//! (concurrent misses of one key share one database round trip) and stale-while-revalidate: an
+//! entry past its TTL but within the cache's grace is served as is while one background load
+//! refreshes it, so a hot key never makes callers wait for the database. Time is tokio's clock,
+//! so tests can pause it.
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;
@@ -13,14 +15,22 @@ use tokio::time::Instant;
 type Load<V> = Shared<BoxFuture<'static, Result<(V, Duration), String>>>;
 
 enum Slot<V> {
-    Ready { until: Instant, value: V },
+    Ready {
+        /// Fresh until then.
+        until: Instant,
+        value: V,
+        /// A background refresh started once the entry went stale.
+        refreshing: Option<Load<V>>,
+    },
     Loading(Load<V>),
 }
 
-/// Entries keyed by `K`, each kept for the TTL its loader chose (least recently used entries
-/// are dropped beyond the capacity).
+/// Entries keyed by `K`, each fresh for the TTL its loader chose and served stale for `grace`
+/// more while it is reloaded (least recently used entries are dropped beyond the capacity).
+/// A value is therefore never older than TTL + grace.
 pub struct TtlCache<K: Hash + Eq, V> {
     slots: Mutex<lru::LruCache<K, Slot<V>>>,
+    grace: Duration,
 }
 
 impl<K: Hash + Eq, V> std::fmt::Debug for TtlCache<K, V> {
@@ -34,29 +44,74 @@ where
     K: Hash + Eq + Clone,
     V: Clone + Send + Sync + 'static,
 {
+    /// A cache without a stale grace: expired entries are reloaded before they are served.
     pub fn new(capacity: usize) -> Self {
+        Self::with_grace(capacity, Duration::ZERO)
+    }
+
+    /// A cache that serves an expired entry for up to `grace` while it reloads it.
+    pub fn with_grace(capacity: usize, grace: Duration) -> Self {
         TtlCache {
             slots: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
             )),
+            grace,
         }
     }
 
-    /// The cached value of `key` if it has not expired; else runs `load` (once for all
-    /// concurrent callers), which returns the value and how long to keep it. Failed loads are
-    /// not cached.
+    /// The cached value of `key` if it is fresh, or stale within the grace (then one
+    /// background load refreshes it); else runs `load` (once for all concurrent callers), which
+    /// returns the value and how long it stays fresh. Failed loads are not cached: a failed
+    /// refresh leaves the stale value until the grace ends.
     pub async fn get_or_load<F, Fut>(&self, key: &K, load: F) -> Result<V, String>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(V, Duration), String>> + Send + 'static,
     {
+        let now = Instant::now();
         let fut = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            match slots.get(key) {
-                Some(Slot::Ready { until, value }) if Instant::now() < *until => {
-                    return Ok(value.clone())
+            // A finished background refresh replaces the stale value.
+            if let Some(Slot::Ready { refreshing, .. }) = slots.get_mut(key) {
+                if let Some(done) = refreshing.as_ref().and_then(|r| r.peek().cloned()) {
+                    *refreshing = None;
+                    if let Ok((value, ttl)) = done {
+                        slots.put(
+                            key.clone(),
+                            Slot::Ready {
+                                until: now + ttl,
+                                value,
+                                refreshing: None,
+                            },
+                        );
+                    }
+                }
+            }
+            match slots.get_mut(key) {
+                Some(Slot::Ready { until, value, .. }) if now < *until => return Ok(value.clone()),
+                Some(Slot::Ready {
+                    until,
+                    value,
+                    refreshing,
+                }) if now < *until + self.grace => {
+                    if refreshing.is_none() {
+                        let f = load().boxed().shared();
+                        // Driven in the background; its result is picked up by a later call.
+                        tokio::spawn(f.clone());
+                        *refreshing = Some(f);
+                    }
+                    return Ok(value.clone());
                 }
                 Some(Slot::Loading(f)) => f.clone(),
+                Some(Slot::Ready {
+                    refreshing: Some(f),
+                    ..
+                }) => {
+                    // Too stale to serve, but a refresh is already on its way: share it.
+                    let f = f.clone();
+                    slots.put(key.clone(), Slot::Loading(f.clone()));
+                    f
+                }
                 _ => {
                     let f = load().boxed().shared();
                     slots.put(key.clone(), Slot::Loading(f.clone()));
@@ -75,6 +130,7 @@ where
                         Slot::Ready {
                             until: Instant::now() + *ttl,
                             value: value.clone(),
+                            refreshing: None,
                         },
                     );
                 }
@@ -117,7 +173,7 @@ mod tests {
         let loads = loads.clone();
         c.get_or_load(&"k", move || async move {
             loads.fetch_add(1, Ordering::SeqCst);
-            // Positive entries live 3 s, negative ones 1 s (like API keys).
+            // Positive entries live 3 s, negative ones 1 s.
             let ttl = if value.is_some() { 3 } else { 1 };
             Ok((value, Duration::from_secs(ttl)))
         })
@@ -175,5 +231,45 @@ mod tests {
             .get_or_load(&2, || async { Ok((5, Duration::from_secs(1))) })
             .await;
         assert_eq!(r, Ok(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_entries_are_served_while_one_background_load_refreshes_them() {
+        let c: TtlCache<u8, u32> = TtlCache::with_grace(10, Duration::from_secs(3));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let get = |value: u32| {
+            let loads = loads.clone();
+            c.get_or_load(&1, move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok((value, Duration::from_secs(2)))
+            })
+        };
+        assert_eq!(get(1).await, Ok(1));
+        // Stale: served at once, and one refresh starts however many callers come.
+        tokio::time::advance(Duration::from_millis(2500)).await;
+        assert_eq!(get(2).await, Ok(1));
+        assert_eq!(get(3).await, Ok(1));
+        tokio::task::yield_now().await;
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        // The refresh lands; the next call sees it, fresh again.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(get(4).await, Ok(2));
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        // Past TTL + grace with no refresh: the caller waits for a load.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(get(5).await, Ok(5));
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
+        // A failed refresh keeps the stale value until the grace ends.
+        tokio::time::advance(Duration::from_millis(2100)).await;
+        let r = c
+            .get_or_load(&1, || async {
+                Err::<(u32, Duration), _>("db down".to_owned())
+            })
+            .await;
+        assert_eq!(r, Ok(5));
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(get(6).await, Ok(6));
     }
 }

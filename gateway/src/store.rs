@@ -12,14 +12,21 @@ use schemas::{ApiKeyDoc, BillState, BillStatus, FunctionDoc, RunDoc, RunStatus};
 
 use crate::cache::TtlCache;
 
-/// How long a found API key is trusted before it is looked up again.
-pub const KEY_TTL: Duration = Duration::from_secs(3);
+/// How long a found API key is trusted before it is looked up again (then served for
+/// [`GRACE`] more while it is reloaded in the background: a revoked key stops working within
+/// 4 s).
+pub const KEY_TTL: Duration = Duration::from_secs(2);
 /// How long an unknown API key is remembered as unknown.
 pub const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(1);
 /// How long a function (or its absence) is cached.
 pub const FUNCTION_TTL: Duration = Duration::from_secs(2);
 /// How long a user's available credit is cached.
 pub const CREDIT_TTL: Duration = Duration::from_secs(2);
+/// How long keys and functions past their TTL are still served while one background load
+/// refreshes them, so callers of a hot key or function never wait for the database.
+pub const GRACE: Duration = Duration::from_secs(2);
+/// The same for the credit view: it is never older than CREDIT_TTL + CREDIT_GRACE = 5 s.
+pub const CREDIT_GRACE: Duration = Duration::from_secs(3);
 /// Time limit of one database operation.
 const DB_TIMEOUT: Duration = Duration::from_secs(3);
 const CACHE_ENTRIES: usize = 100_000;
@@ -78,9 +85,9 @@ impl Store {
     pub fn new(db: Database) -> Store {
         Store {
             db,
-            keys: TtlCache::new(CACHE_ENTRIES),
-            functions: TtlCache::new(CACHE_ENTRIES),
-            credit: TtlCache::new(CACHE_ENTRIES),
+            keys: TtlCache::with_grace(CACHE_ENTRIES, GRACE),
+            functions: TtlCache::with_grace(CACHE_ENTRIES, GRACE),
+            credit: TtlCache::with_grace(CACHE_ENTRIES, CREDIT_GRACE),
             aggregate_ok: std::sync::Arc::new(AtomicBool::new(true)),
         }
     }

@@ -84,6 +84,26 @@ pub struct FunctionDoc {
     pub updated_at_ms: i64,
 }
 
+/// One version of a function, kept when it is created or updated (the portal's version list).
+/// `_id` is `<function_id>:<version>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionVersionDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub function_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub version: u32,
+    pub runtime: Runtime,
+    pub handler: String,
+    #[serde(default)]
+    pub filename: String,
+    pub code_sha256: String,
+    pub code_size: u64,
+    pub code_kind: CodeKind,
+    pub created_at_ms: i64,
+}
+
 /// How a code package is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -93,6 +93,8 @@ pub mod collections {
     pub const SESSIONS: &str = "sessions";
     pub const API_KEYS: &str = "api_keys";
     pub const FUNCTIONS: &str = "functions";
+    /// Every version of every function (`FunctionVersionDoc`).
+    pub const FUNCTION_VERSIONS: &str = "function_versions";
     pub const RUNS: &str = "runs";
     pub const BILLS: &str = "bills";
     pub const PRICING: &str = "pricing";
@@ -138,6 +140,12 @@ pub fn indexes() -> Vec<IndexSpec> {
             "user_name_unique",
             doc! {"user_id": 1, "name": 1},
             true,
+        ),
+        ix(
+            FUNCTION_VERSIONS,
+            "function_version",
+            doc! {"function_id": 1, "version": -1},
+            false,
         ),
         ix(
             RUNS,

@@ -416,6 +416,39 @@ impl Sandbox {
         c
     }
 
+    /// Starts a portal in-process on port 0 against this sandbox's database and queues.
+    /// `extra` overrides its environment (e.g. `FREE_CREDIT_MICROS`,
+    /// `PORTAL_LOGIN_PER_ACCOUNT`). Ready when it answers HTTP and, unless `AMQP_URL` is
+    /// overridden, when `/healthz` says 200 (MongoDB reachable, RabbitMQ connected).
+    pub async fn start_portal(&mut self, extra: &[(&str, &str)]) -> Component {
+        let id = extra
+            .iter()
+            .find(|(k, _)| *k == "PORTAL_ID")
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_else(|| format!("p{}", rand_id()));
+        let mut all: Vec<(&str, &str)> = vec![("PORTAL_ID", &id), ("PORTAL_ADDR", "127.0.0.1:0")];
+        all.extend_from_slice(extra);
+        let cfg = portal::Config::from_env(&self.env(&all), &portal::Flags::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, task) = spawn_component(move |shutdown| portal::run(cfg, listener, shutdown));
+        let c = Component {
+            id,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let own_broker = !extra.iter().any(|(k, _)| *k == "AMQP_URL");
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/healthz");
+        eventually(Duration::from_secs(30), "the portal is ready", || async {
+            let r = client.get(&url).send().await.ok()?;
+            (!own_broker || r.status() == 200).then_some(())
+        })
+        .await;
+        c
+    }
+
     /// Inserts a user with `balance_micros`; returns the user id.
     pub async fn seed_user(&self, balance_micros: i64) -> String {
         let id = format!("u{}", rand_id());
@@ -581,6 +614,11 @@ impl Sandbox {
         )
         .await;
     }
+}
+
+/// `http://<addr><path>` of an in-process component (e.g. the portal's `/api/v1/...`).
+pub fn portal_url(c: &Component, path: &str) -> String {
+    format!("http://{}{path}", c.addr)
 }
 
 /// Sends a signal to a child process.

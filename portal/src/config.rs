@@ -1,0 +1,280 @@
+//! Portal configuration: flags override environment variables, which override defaults.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use common::config::{self, Backends, ConfigError, Env};
+
+/// Command-line flags (each overrides the environment variable named in its help).
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "portal",
+    about = "Color FaaS portal: the web pages and the /api/v1 JSON API for developers"
+)]
+pub struct Flags {
+    /// HTTP address to listen on [env: PORTAL_ADDR; default 127.0.0.1:8080]
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Credit of new accounts, in micros [env: FREE_CREDIT_MICROS; default 1000000]
+    #[arg(long)]
+    pub free_credit_micros: Option<String>,
+    /// Lifetime of a login session, e.g. 7d, 12h [env: PORTAL_SESSION_TTL; default 7d]
+    #[arg(long)]
+    pub session_ttl: Option<String>,
+    /// Login attempts allowed per account per minute [env: PORTAL_LOGIN_PER_ACCOUNT; default 10]
+    #[arg(long)]
+    pub login_per_account: Option<String>,
+    /// Login attempts allowed per client address per minute [env: PORTAL_LOGIN_PER_ADDRESS; default 30]
+    #[arg(long)]
+    pub login_per_address: Option<String>,
+    /// Instance id, used in the name of its reply queue [env: PORTAL_ID; default: random]
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+/// Everything the portal needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: String,
+    pub backends: Backends,
+    /// This instance's id; its reply queue (for test invocations) is `<prefix>.replies.portal-<id>`.
+    pub instance_id: String,
+    /// Credit of new accounts (micros).
+    pub free_credit_micros: i64,
+    /// Lifetime of a session from its login.
+    pub session_ttl: Duration,
+    /// Login attempts per account per minute (also the burst).
+    pub login_per_account: NonZeroU32,
+    /// Login attempts per client address per minute (also the burst).
+    pub login_per_address: NonZeroU32,
+    /// Longest wait for RabbitMQ's publisher confirm of a test invocation.
+    pub publish_timeout: Duration,
+    /// Added to a function's `timeout_ms` while a test invocation waits for its result.
+    pub sync_grace: Duration,
+    /// Most test invocations waiting at once; beyond that, 503.
+    pub max_inflight: usize,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+    /// Limits of uploaded code packages (`PORTAL_MAX_UNPACKED_BYTES`,
+    /// `PORTAL_MAX_PACKAGE_ENTRIES`; the code itself is at most 20 MiB).
+    pub upload_limits: crate::upload::Limits,
+}
+
+fn duration(
+    env: &Env,
+    flag: Option<&str>,
+    key: &str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let raw = config::string(env, flag, key, default);
+    let raw = raw.trim();
+    // `7d` is the natural way to write a session's lifetime.
+    if let Some(days) = raw.strip_suffix('d') {
+        let n: u64 = days
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(key, format!("{raw:?} is not a duration")))?;
+        return Ok(Duration::from_secs(n * 86_400));
+    }
+    config::parse_duration(raw).map_err(|e| ConfigError::new(key, e))
+}
+
+fn non_zero(
+    env: &Env,
+    flag: Option<&str>,
+    key: &str,
+    default: u32,
+) -> Result<NonZeroU32, ConfigError> {
+    let v: u32 = config::parse(env, flag, key, default)?;
+    NonZeroU32::new(v).ok_or_else(|| ConfigError::new(key, "must be at least 1"))
+}
+
+impl Config {
+    pub fn from_env(env: &Env, flags: &Flags) -> Result<Config, ConfigError> {
+        let backends = Backends::from_env(env);
+        if !(backends.mongodb_uri.starts_with("mongodb://")
+            || backends.mongodb_uri.starts_with("mongodb+srv://"))
+        {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        backends
+            .amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| ConfigError::new("AMQP_URL", format!("not an AMQP URL: {e}")))?;
+        let addr = config::string(env, flags.addr.as_deref(), "PORTAL_ADDR", "127.0.0.1:8080");
+        if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+            return Err(ConfigError::new(
+                "PORTAL_ADDR",
+                format!("{addr:?} is not a host:port address"),
+            ));
+        }
+        let instance_id = match flags
+            .id
+            .clone()
+            .or_else(|| env.get("PORTAL_ID").filter(|v| !v.is_empty()).cloned())
+        {
+            Some(id) => id,
+            None => uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+        };
+        if instance_id.is_empty()
+            || instance_id.len() > 64
+            || !instance_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                "PORTAL_ID",
+                format!("{instance_id:?} must be 1-64 letters, digits, '-' or '_'"),
+            ));
+        }
+        let free_credit_micros: i64 = config::parse(
+            env,
+            flags.free_credit_micros.as_deref(),
+            billing_job::account::FREE_CREDIT_ENV,
+            billing_job::account::DEFAULT_FREE_CREDIT_MICROS,
+        )?;
+        if free_credit_micros < 0 {
+            return Err(ConfigError::new(
+                billing_job::account::FREE_CREDIT_ENV,
+                "must not be negative",
+            ));
+        }
+        let session_ttl = duration(
+            env,
+            flags.session_ttl.as_deref(),
+            "PORTAL_SESSION_TTL",
+            "7d",
+        )?;
+        if session_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "PORTAL_SESSION_TTL",
+                "must be at least one minute",
+            ));
+        }
+        let publish_timeout = duration(env, None, "PORTAL_PUBLISH_TIMEOUT", "900ms")?;
+        if publish_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "PORTAL_PUBLISH_TIMEOUT",
+                "must be more than 0",
+            ));
+        }
+        let max_inflight: usize = config::parse(env, None, "PORTAL_MAX_INFLIGHT", 1_000)?;
+        if max_inflight == 0 {
+            return Err(ConfigError::new(
+                "PORTAL_MAX_INFLIGHT",
+                "must be at least 1",
+            ));
+        }
+        let defaults = crate::upload::Limits::default();
+        let unpacked_bytes: u64 = config::parse(
+            env,
+            None,
+            "PORTAL_MAX_UNPACKED_BYTES",
+            defaults.unpacked_bytes,
+        )?;
+        if unpacked_bytes == 0 || unpacked_bytes > defaults.unpacked_bytes {
+            return Err(ConfigError::new(
+                "PORTAL_MAX_UNPACKED_BYTES",
+                format!(
+                    "must be between 1 and {} (the worker's limit)",
+                    defaults.unpacked_bytes
+                ),
+            ));
+        }
+        let entries: usize =
+            config::parse(env, None, "PORTAL_MAX_PACKAGE_ENTRIES", defaults.entries)?;
+        if entries == 0 {
+            return Err(ConfigError::new(
+                "PORTAL_MAX_PACKAGE_ENTRIES",
+                "must be at least 1",
+            ));
+        }
+        Ok(Config {
+            upload_limits: crate::upload::Limits {
+                code_bytes: defaults.code_bytes,
+                unpacked_bytes,
+                entries,
+            },
+            addr,
+            backends,
+            instance_id,
+            free_credit_micros,
+            session_ttl,
+            login_per_account: non_zero(
+                env,
+                flags.login_per_account.as_deref(),
+                "PORTAL_LOGIN_PER_ACCOUNT",
+                10,
+            )?,
+            login_per_address: non_zero(
+                env,
+                flags.login_per_address.as_deref(),
+                "PORTAL_LOGIN_PER_ADDRESS",
+                30,
+            )?,
+            publish_timeout,
+            sync_grace: duration(env, None, "PORTAL_SYNC_GRACE", "2500ms")?,
+            max_inflight,
+            drain_timeout: duration(env, None, "PORTAL_DRAIN_TIMEOUT", "30s")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_env(&env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8080");
+        assert_eq!(c.free_credit_micros, 1_000_000);
+        assert_eq!(c.session_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.login_per_account.get(), 10);
+        assert_eq!(c.login_per_address.get(), 30);
+        let e = env(&[
+            ("FREE_CREDIT_MICROS", "5"),
+            ("PORTAL_SESSION_TTL", "2h"),
+            ("PORTAL_ID", "p1"),
+        ]);
+        let c = Config::from_env(&e, &Flags::default()).unwrap();
+        assert_eq!(c.free_credit_micros, 5);
+        assert_eq!(c.session_ttl, Duration::from_secs(7200));
+        assert_eq!(c.instance_id, "p1");
+        let flags = Flags {
+            addr: Some("127.0.0.1:0".into()),
+            free_credit_micros: Some("9".into()),
+            ..Default::default()
+        };
+        let c = Config::from_env(&e, &flags).unwrap();
+        assert_eq!((c.addr.as_str(), c.free_credit_micros), ("127.0.0.1:0", 9));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("PORTAL_ADDR", "nowhere"),
+            ("FREE_CREDIT_MICROS", "-1"),
+            ("FREE_CREDIT_MICROS", "lots"),
+            ("PORTAL_SESSION_TTL", "1s"),
+            ("PORTAL_SESSION_TTL", "soon"),
+            ("PORTAL_LOGIN_PER_ACCOUNT", "0"),
+            ("PORTAL_ID", "no spaces"),
+            ("AMQP_URL", "http://x"),
+            ("MONGODB_URI", "postgres://x"),
+        ] {
+            let err = Config::from_env(&env(&[(k, v)]), &Flags::default()).unwrap_err();
+            assert!(err.to_string().starts_with(k), "{k}={v}: {err}");
+        }
+    }
+}

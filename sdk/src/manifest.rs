@@ -1,0 +1,332 @@
+//! The function manifest `colorfaas.json`: the function spec of the contract without the code,
+//! plus an optional `ignore` list. Read strictly (unknown fields are errors: they are typos).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{CliError, Result};
+
+pub const FILE: &str = "colorfaas.json";
+pub const RUNTIMES: [&str; 3] = ["python3", "node", "exec"];
+pub const ARG_TYPES: [&str; 6] = ["int", "float", "string", "bool", "object", "array"];
+/// The platform's bounds (the portal answers 400 outside them).
+pub const CPU_MILLICORES: (u64, u64) = (50, 4000);
+pub const MEMORY_MB: (u64, u64) = (64, 10_240);
+pub const DISK_MB: (u64, u64) = (16, 10_240);
+pub const TIMEOUT_MS: (u64, u64) = (100, 900_000);
+pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+pub const MAX_ARGS: usize = 64;
+
+/// A function's requested resources (a missing field takes its default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu_millicores: 500,
+            memory_mb: 128,
+            disk_mb: 64,
+        }
+    }
+}
+
+fn default_mode() -> String {
+    "sync".to_owned()
+}
+
+fn default_timeout() -> u64 {
+    3000
+}
+
+/// `colorfaas.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub runtime: String,
+    pub handler: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub args_schema: Map<String, Value>,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Extra ignore patterns (same syntax as `.colorfaasignore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+}
+
+/// Whether `name` is a valid function name: `^[a-z0-9][a-z0-9-]{0,49}$`.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 50
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+pub fn name_error(name: &str) -> CliError {
+    CliError::usage(format!(
+        "invalid function name {name:?}: use 1 to 50 lowercase letters, digits and dashes, starting with a letter or digit"
+    ))
+    .hint("for example `colorfaas init my-function --runtime python3`")
+}
+
+impl Manifest {
+    /// Reads and validates `<dir>/colorfaas.json`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CliError::usage(format!("no {FILE} in {}", dir.display())).hint(
+                    "run this in a function folder (or pass --dir), or create one with `colorfaas init <name> --runtime python3`",
+                )
+            } else {
+                CliError::local(format!("cannot read {}: {e}", path.display()))
+            }
+        })?;
+        let m = Manifest::parse(&text).map_err(|e| CliError {
+            message: format!("{}: {}", path.display(), e.message),
+            ..e
+        })?;
+        m.check_handler(dir)?;
+        Ok(m)
+    }
+
+    /// Parses and validates a manifest's text (not the handler's presence).
+    pub fn parse(text: &str) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| {
+            CliError::usage(format!("invalid manifest: {e}")).hint(format!(
+                "{FILE} is JSON with the fields name, runtime, handler, description, args_schema, mode, resources, timeout_ms, ignore (see sdk/README.md)"
+            ))
+        })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(CliError::usage(msg));
+        if !valid_name(&self.name) {
+            return Err(name_error(&self.name));
+        }
+        if !RUNTIMES.contains(&self.runtime.as_str()) {
+            return Err(CliError::usage(format!(
+                "unknown runtime {:?}: use one of {}",
+                self.runtime,
+                RUNTIMES.join(", ")
+            )));
+        }
+        if self.handler.trim().is_empty() {
+            return bad("handler is empty".into());
+        }
+        if self.runtime != "exec" {
+            match self.handler.rsplit_once('.') {
+                Some((m, f)) if !m.is_empty() && !f.is_empty() => {}
+                _ => {
+                    return bad(format!(
+                        "handler {:?} must be module.function, e.g. {}",
+                        self.handler,
+                        if self.runtime == "node" {
+                            "index.handle"
+                        } else {
+                            "main.handle"
+                        }
+                    ))
+                }
+            }
+        }
+        for (arg, ty) in &self.args_schema {
+            match ty.as_str() {
+                Some(t) if ARG_TYPES.contains(&t) => {}
+                _ => {
+                    return bad(format!(
+                        "args_schema.{arg} is {ty}: use one of {}",
+                        ARG_TYPES.map(|t| format!("\"{t}\"")).join(", ")
+                    ))
+                }
+            }
+        }
+        if self.mode != "sync" && self.mode != "async" {
+            return bad(format!(
+                "mode {:?} must be \"sync\" or \"async\"",
+                self.mode
+            ));
+        }
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return bad(format!(
+                "description is longer than {MAX_DESCRIPTION_CHARS} characters"
+            ));
+        }
+        if self.args_schema.len() > MAX_ARGS {
+            return bad(format!("args_schema has more than {MAX_ARGS} arguments"));
+        }
+        let r = self.resources;
+        for (field, v, (lo, hi)) in [
+            ("resources.cpu_millicores", r.cpu_millicores, CPU_MILLICORES),
+            ("resources.memory_mb", r.memory_mb, MEMORY_MB),
+            ("resources.disk_mb", r.disk_mb, DISK_MB),
+            ("timeout_ms", self.timeout_ms, TIMEOUT_MS),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return bad(format!("{field} is {v}: it must be {lo} to {hi}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The files that may hold the handler, relative to the function folder, in the order
+    /// the runtime looks for them.
+    pub fn handler_candidates(&self) -> Vec<PathBuf> {
+        match self.runtime.as_str() {
+            "exec" => vec![PathBuf::from(self.handler.trim_start_matches('/'))],
+            rt => {
+                let module = self.handler.rsplit_once('.').map(|(m, _)| m).unwrap_or("");
+                if rt == "node" {
+                    ["", ".js", ".cjs", ".mjs", ".json", "/index.js"]
+                        .iter()
+                        .map(|ext| PathBuf::from(format!("{module}{ext}")))
+                        .collect()
+                } else {
+                    let base = module.replace('.', "/");
+                    vec![
+                        PathBuf::from(format!("{base}.py")),
+                        PathBuf::from(format!("{base}/__init__.py")),
+                    ]
+                }
+            }
+        }
+    }
+
+    /// Fails when no handler file exists in `dir`.
+    fn check_handler(&self, dir: &Path) -> Result<()> {
+        let c = self.handler_candidates();
+        if c.iter().any(|p| dir.join(p).is_file()) {
+            return Ok(());
+        }
+        Err(CliError::usage(format!(
+            "handler {:?}: {} not found in {}",
+            self.handler,
+            c[0].display(),
+            dir.display()
+        ))
+        .hint(format!("fix \"handler\" in {FILE} or add the file")))
+    }
+
+    /// The contract's function spec with the code.
+    pub fn spec(&self, code_base64: String, filename: &str) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "runtime": self.runtime,
+            "handler": self.handler,
+            "code_base64": code_base64,
+            "filename": filename,
+            "description": self.description,
+            "args_schema": self.args_schema,
+            "mode": self.mode,
+            "resources": self.resources,
+            "timeout_ms": self.timeout_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"name":"adder","runtime":"python3","handler":"main.handle",
+        "args_schema":{"a":"int"},"timeout_ms":1000}"#;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for ok in ["a", "0", "my-fn", &"a".repeat(50)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a.b", &"a".repeat(51), "é"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_good_manifest_gets_defaults() {
+        let m = Manifest::parse(GOOD).unwrap();
+        assert_eq!(m.mode, "sync");
+        assert_eq!(m.resources, Resources::default());
+        assert_eq!(m.timeout_ms, 1000);
+        let spec = m.spec("eA==".into(), "main.py");
+        assert_eq!(spec["args_schema"]["a"], "int");
+        assert_eq!(spec["resources"]["memory_mb"], 128);
+    }
+
+    #[test]
+    fn bad_manifests_say_what_is_wrong() {
+        let cases = [
+            (
+                r#"{"name":"Bad","runtime":"python3","handler":"m.h"}"#,
+                "invalid function name",
+            ),
+            (
+                r#"{"name":"a","runtime":"ruby","handler":"m.h"}"#,
+                "unknown runtime \"ruby\"",
+            ),
+            (
+                r#"{"name":"a","runtime":"python3","handler":"main"}"#,
+                "module.function",
+            ),
+            (
+                r#"{"name":"a","runtime":"node","handler":"m.h","mode":"later"}"#,
+                "mode",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","args_schema":{"x":"date"}}"#,
+                "args_schema.x",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","timeout_ms":0}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","tiemout_ms":5}"#,
+                "unknown field `tiemout_ms`",
+            ),
+            (r#"{"name":"a","#, "invalid manifest"),
+        ];
+        for (text, want) in cases {
+            let e = Manifest::parse(text).unwrap_err();
+            assert_eq!(e.code, 2, "{text}");
+            assert!(e.message.contains(want), "{text}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn handler_files_per_runtime() {
+        let m = |rt: &str, h: &str| Manifest {
+            runtime: rt.into(),
+            handler: h.into(),
+            ..Manifest::parse(GOOD).unwrap()
+        };
+        assert_eq!(
+            m("python3", "pkg.mod.handle").handler_candidates()[0],
+            PathBuf::from("pkg/mod.py")
+        );
+        assert!(m("node", "index.handle")
+            .handler_candidates()
+            .contains(&PathBuf::from("index.js")));
+        assert_eq!(
+            m("exec", "/bin/run").handler_candidates(),
+            vec![PathBuf::from("bin/run")]
+        );
+    }
+}
