@@ -808,25 +808,24 @@ async fn direct_throughput(p: &Platform, inflight: usize, secs: f64) -> f64 {
 async fn floor(p: &Platform, n: usize) -> Histogram<u64> {
     let docker = bollard::Docker::connect_with_defaults().unwrap();
     let dir = p.dir.join("floor");
-    let containers = worker::docker::Containers::new(
-        docker,
-        &format!("{}f", p.worker_id),
-        dir.join("sock"),
-        64,
-        false,
-    );
+    let containers =
+        worker::docker::Containers::new(docker, &format!("{}f", p.worker_id), &dir, 64, false);
     let code_dir = dir.join("code");
     worker::code::unpack(NOOP.as_bytes(), CodeKind::Single, "main.py", &code_dir).unwrap();
     let spec = worker::docker::Spec {
         key: "floor@1",
         runtime: Runtime::Python3,
+        resources: p.func.resources,
+    };
+    let mut c = containers.start(&spec).await.unwrap();
+    c.load(&worker::docker::Load {
         handler: "main.handle",
         function: "noop",
         version: 1,
-        resources: p.func.resources,
         code_dir: &code_dir,
-    };
-    let mut c = containers.start(&spec).await.unwrap();
+    })
+    .await
+    .unwrap();
     let args = serde_json::json!({});
     let mut h = hist();
     for i in 0..n + 200 {
@@ -844,7 +843,7 @@ async fn floor(p: &Platform, n: usize) -> Histogram<u64> {
             h.record(t.elapsed().as_micros() as u64).unwrap();
         }
     }
-    containers.remove(&c.id, &c.sock_dir).await;
+    containers.remove(&c.id, &c.name).await;
     h
 }
 

@@ -9,7 +9,9 @@
  *
  * Environment: COLORFAAS_HANDLER, COLORFAAS_FUNCTION, COLORFAAS_VERSION,
  * COLORFAAS_MEMORY_MB; COLORFAAS_CODE_DIR and COLORFAAS_SOCKET_DIR override
- * /code and /run/colorfaas (for local testing).
+ * /code and /run/colorfaas (for local testing). COLORFAAS_DEFERRED=1 starts a
+ * spare agent that loads its handler when the first frame, an init frame, names
+ * it (see agent.py for the init frame).
  *
  * Requests are processed strictly one at a time (across connections too).
  */
@@ -19,7 +21,9 @@ const fs = require('fs');
 const path = require('path');
 const url = require('url');
 
-const HANDLER = process.env.COLORFAAS_HANDLER || '';
+let HANDLER = process.env.COLORFAAS_HANDLER || '';
+const DEFERRED = process.env.COLORFAAS_DEFERRED === '1';
+let initialised = !DEFERRED;
 const CODE_DIR = process.env.COLORFAAS_CODE_DIR || '/code';
 const SOCKET_DIR = process.env.COLORFAAS_SOCKET_DIR || '/run/colorfaas';
 const SOCKET_NAME = 'agent.sock';
@@ -33,9 +37,9 @@ const envInt = (name) => {
   const v = parseInt(process.env[name] || '0', 10);
   return Number.isFinite(v) ? v : 0;
 };
-const ENV_FUNCTION = process.env.COLORFAAS_FUNCTION || '';
-const ENV_VERSION = envInt('COLORFAAS_VERSION');
-const ENV_MEMORY = envInt('COLORFAAS_MEMORY_MB');
+let ENV_FUNCTION = process.env.COLORFAAS_FUNCTION || '';
+let ENV_VERSION = envInt('COLORFAAS_VERSION');
+let ENV_MEMORY = envInt('COLORFAAS_MEMORY_MB');
 
 // ---------------------------------------------------------------------------
 // Log capture
@@ -276,7 +280,37 @@ function parseRequest(payload) {
 
 const hrnow = process.hrtime.bigint;
 
+// A spare agent's first frame: {"init": {"handler", "function", "version", "memory_mb"}}.
+async function handleInit(payload) {
+  let req;
+  try {
+    req = JSON.parse(payload.toString('utf8'));
+  } catch (e) {
+    return errorFrame('bad_request', `request is not valid JSON: ${e.message}`);
+  }
+  const init = req !== null && typeof req === 'object' ? req.init : undefined;
+  if (init === null || typeof init !== 'object' || Array.isArray(init)) {
+    return errorFrame('bad_request', 'the agent waits for an init frame first');
+  }
+  if (typeof init.handler !== 'string') return errorFrame('bad_request', 'init.handler must be a string');
+  HANDLER = init.handler;
+  process.env.COLORFAAS_HANDLER = HANDLER;
+  if (typeof init.function === 'string') ENV_FUNCTION = init.function;
+  if (Number.isInteger(init.version)) ENV_VERSION = init.version;
+  if (Number.isInteger(init.memory_mb)) ENV_MEMORY = init.memory_mb;
+  const t0 = hrnow();
+  await loadHandler();
+  initialised = true;
+  const durationUs = Number((hrnow() - t0) / 1000n);
+  if (loadError !== null) return errorFrame('load', loadError, pendingLogs, durationUs);
+  return frame(JSON.stringify({ ok: true, logs: '', duration_us: durationUs }));
+}
+
 async function handleRequest(payload) {
+  if (!initialised) return handleInit(payload);
+  if (DEFERRED && payload.length >= 8 && payload.toString('utf8', 0, 8) === '{"init":') {
+    return errorFrame('bad_request', 'the agent is already initialised');
+  }
   let event;
   let ctx;
   try {
@@ -393,7 +427,7 @@ function onTerm() {
 process.on('SIGTERM', onTerm);
 process.on('SIGINT', onTerm);
 
-loadHandler().then(listen, (e) => {
+(DEFERRED ? Promise.resolve() : loadHandler()).then(listen, (e) => {
   diag(`fatal: ${errStack(e)}`);
   process.exit(1);
 });

@@ -24,6 +24,19 @@ Environment:
   COLORFAAS_CODE_DIR    default /code            (override for local testing)
   COLORFAAS_SOCKET_DIR  default /run/colorfaas   (override for local testing)
   COLORFAAS_EXEC_CWD    default /tmp             (exec runtime working dir)
+  COLORFAAS_DEFERRED    "1": start without a handler (a spare container) and
+                        load it when the first frame, an init frame, names it
+
+Deferred start (how the worker keeps spare containers ready before it knows
+which function they will serve): the agent listens at once; the worker then
+puts the code under the code dir and sends
+
+  init:     {"init": {"handler": str, "function": str, "version": int,
+             "memory_mb": int}}
+  answer:   {"ok": true, "logs": str, "duration_us": int}, or a failure frame
+            of kind "load" (later requests answer the same load error)
+
+Requests before the init frame, and a second init frame, get "bad_request".
 
 The socket is bound under a temporary name and renamed to ``agent.sock`` only
 once the agent is ready, so the worker never connects to a half-ready agent.
@@ -434,6 +447,7 @@ class ExecRuntime(object):
     def __init__(self, handler):
         import select
         import subprocess
+        self.handler = handler
         self.select = select
         self.subprocess = subprocess
         self.cmd = None
@@ -515,7 +529,7 @@ class ExecRuntime(object):
         try:
             status, out, out_len, duration_us = self._run(stdin_bytes, env, ctx.deadline_ms, cap)
         except OSError as e:
-            return _error_frame("load", "cannot execute %s: %s" % (HANDLER, _exc_message(e)), cap.text())
+            return _error_frame("load", "cannot execute %s: %s" % (self.handler, _exc_message(e)), cap.text())
         finally:
             self._reap_orphans()
 
@@ -798,18 +812,68 @@ def _on_term(signum, frame):
     os._exit(0)
 
 
+def _new_runtime(handler):
+    if RUNTIME == "exec":
+        return ExecRuntime(handler)
+    return PythonRuntime(handler)
+
+
+class Deferred(object):
+    """A spare agent: no handler until the init frame names one."""
+
+    def __init__(self):
+        self.rt = None
+
+    def handle(self, payload):
+        rt = self.rt
+        if rt is not None:
+            if payload[:8] == b'{"init":':
+                return _error_frame("bad_request", "the agent is already initialised")
+            return rt.handle(payload)
+        try:
+            req = _loads(payload)
+        except (ValueError, UnicodeDecodeError) as e:
+            return _error_frame("bad_request", "request is not valid JSON: %s" % e)
+        init = req.get("init") if type(req) is dict else None
+        if type(init) is not dict:
+            return _error_frame("bad_request", "the agent waits for an init frame first")
+        handler = init.get("handler")
+        if type(handler) is not str:
+            return _error_frame("bad_request", "init.handler must be a string")
+        global _ENV_FUNCTION, _ENV_VERSION, _ENV_MEMORY, HANDLER
+        if type(init.get("function")) is str:
+            _ENV_FUNCTION = init["function"]
+        for name in ("version", "memory_mb"):
+            if type(init.get(name)) is int:
+                if name == "version":
+                    _ENV_VERSION = init[name]
+                else:
+                    _ENV_MEMORY = init[name]
+        HANDLER = handler
+        os.environ["COLORFAAS_HANDLER"] = handler
+        t0 = _perf_ns()
+        import importlib
+        importlib.invalidate_caches()  # the code dir was filled after start
+        rt = _new_runtime(handler)
+        self.rt = rt
+        duration_us = (_perf_ns() - t0) // 1000
+        if rt.load_error is not None:
+            return _error_frame("load", rt.load_error, getattr(rt, "pending_logs", ""), duration_us)
+        return _frame(_dumps({"ok": True, "logs": "", "duration_us": duration_us}).encode("utf-8"))
+
+
 def main():
     # As PID 1 the agent would ignore SIGTERM without a handler.
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     _install_streams()
-    if RUNTIME == "exec":
-        rt = ExecRuntime(HANDLER)
-    elif RUNTIME in ("python3", "python"):
-        rt = PythonRuntime(HANDLER)
-    else:
+    if RUNTIME not in ("exec", "python3", "python"):
         _diag("unknown COLORFAAS_RUNTIME %r" % RUNTIME)
         sys.exit(2)
+    if os.environ.get("COLORFAAS_DEFERRED") == "1":
+        rt = Deferred()
+    else:
+        rt = _new_runtime(HANDLER)
     srv = _listen()
     handle = rt.handle
     while True:

@@ -138,7 +138,7 @@ class Conn(object):
 class Container(object):
     """A function container, started the way the worker starts it."""
 
-    def __init__(self, runtime, handler, files, memory="128m"):
+    def __init__(self, runtime, handler, files, memory="128m", deferred=False):
         self.runtime = runtime
         self.image = IMAGES[runtime]
         base = tempfile.mkdtemp(prefix="colorfaas-agent-test-")
@@ -165,7 +165,7 @@ class Container(object):
                "--memory", memory, "--pids-limit", "64",
                "-v", "%s:/code:ro" % self.code_dir,
                "-v", "%s:/run/colorfaas:rw" % self.sock_dir,
-               "-e", "COLORFAAS_HANDLER=%s" % handler,
+               "-e", ("COLORFAAS_DEFERRED=1" if deferred else "COLORFAAS_HANDLER=%s" % handler),
                "-e", "COLORFAAS_FUNCTION=adder", "-e", "COLORFAAS_VERSION=1",
                "-e", "COLORFAAS_MEMORY_MB=%d" % int(memory.rstrip("m")),
                self.image]
@@ -187,6 +187,13 @@ class Container(object):
 
     def connect(self):
         return Conn(self.sock_path)
+
+    def add_file(self, rel, content, mode=0o644):
+        path = os.path.join(self.code_dir, rel)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(content)
+        os.chmod(path, mode)
 
     def state(self):
         p = subprocess.run(["docker", "inspect", "-f", "{{json .State}}", self.cid],
@@ -416,6 +423,50 @@ def check_load_failure(runtime, handler, files, what):
         check(c.running(), "%s: the agent keeps running" % what)
     finally:
         c.remove()
+
+
+def check_deferred(runtime, filename, source, handler, event, expect):
+    """A spare container: started with no code, given it, then told the handler."""
+    c = Container(runtime, handler, {}, deferred=True)
+    try:
+        conn = c.connect()
+        r = conn.call(event)
+        check(is_err(r, "bad_request") and "init frame" in r["error"]["message"],
+              "%s deferred: a call before the init frame is refused" % runtime, r)
+        c.add_file(filename, source, 0o755 if runtime == "exec" else 0o644)
+        conn.send_raw(json.dumps({"init": {"handler": handler, "function": "spare", "version": 3,
+                                           "memory_mb": 128}}).encode("utf-8"))
+        r = conn.recv()
+        check(r.get("ok") is True, "%s deferred: the init frame loads the handler" % runtime, r)
+        r = conn.call(event, function="spare", version=3)
+        check(is_ok(r) and r.get("result") == expect,
+              "%s deferred: the call runs the late-loaded handler" % runtime, r)
+        conn.send_raw(json.dumps({"init": {"handler": handler}}).encode("utf-8"))
+        r = conn.recv()
+        check(is_err(r, "bad_request"), "%s deferred: a second init frame is refused" % runtime, r)
+        conn.close()
+    finally:
+        c.remove()
+    c = Container(runtime, handler, {}, deferred=True)
+    try:
+        conn = c.connect()
+        conn.send_raw(json.dumps({"init": {"handler": handler}}).encode("utf-8"))
+        r = conn.recv()
+        check(is_err(r, "load"), "%s deferred: init of missing code answers a load error" % runtime, r)
+        r = conn.call(event)
+        check(is_err(r, "load"), "%s deferred: calls then answer the load error" % runtime, r)
+        conn.close()
+    finally:
+        c.remove()
+
+
+def test_deferred():
+    section("deferred start (spare containers)")
+    check_deferred("python3", "late.py", "def handle(e, c):\n    return [e, c.function, c.version]\n",
+                   "late.handle", {"x": 1}, [{"x": 1}, "spare", 3])
+    check_deferred("node", "late.js", "exports.handle = (e, c) => [e, c.function, c.version];\n",
+                   "late.handle", {"x": 1}, [{"x": 1}, "spare", 3])
+    check_deferred("exec", "late.sh", "#!/bin/sh\ncat\n", "late.sh", {"x": 1}, {"x": 1})
 
 
 # ---------------------------------------------------------------------------
@@ -665,7 +716,7 @@ def main():
             return 2
     t0 = time.monotonic()
     try:
-        for fn in (test_python3, test_node, test_exec):
+        for fn in (test_python3, test_node, test_exec, test_deferred):
             try:
                 fn()
             except Exception as e:  # a broken container must not stop the other runtimes' tests

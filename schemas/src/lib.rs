@@ -20,6 +20,9 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// What a function gets when its spec names no resources (the contract's defaults).
+    pub const DEFAULT: Resources = Resources::new(500, 128, 64);
+
     pub const fn new(cpu_millicores: u64, memory_mb: u64, disk_mb: u64) -> Self {
         Self {
             cpu_millicores,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use schemas::Runtime;
 use serde_json::Value;
 use worker::agent::{AgentContext, CallError};
-use worker::docker::{Containers, Spec};
+use worker::docker::{Containers, Load, Spec};
 
 use crate::error::{exit, CliError, Result};
 use crate::manifest::Manifest;
@@ -102,8 +102,7 @@ async fn run_in(
     use std::os::unix::fs::PermissionsExt as _;
     let io = |e: std::io::Error| CliError::local(format!("cannot prepare {}: {e}", work.display()));
     let code_dir = work.join("code");
-    let sock_root = work.join("sock");
-    std::fs::create_dir_all(&sock_root).map_err(io)?;
+    std::fs::create_dir_all(work).map_err(io)?;
     std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
     worker::code::unpack(pkg.bytes(), pkg.kind(), pkg.filename(), &code_dir)
         .map_err(|e| CliError::usage(format!("the package cannot be unpacked: {e:#}")))?;
@@ -111,7 +110,7 @@ async fn run_in(
     let containers = Containers::new(
         docker,
         &format!("local-{}", &id[..12]),
-        sock_root,
+        work,
         PIDS_LIMIT,
         false,
     );
@@ -121,10 +120,12 @@ async fn run_in(
     let spec = Spec {
         key: &key,
         runtime,
+        resources: schemas::Resources::new(r.cpu_millicores, memory_mb, r.disk_mb),
+    };
+    let load = Load {
         handler: &manifest.handler,
         function: &manifest.name,
         version: 0,
-        resources: schemas::Resources::new(r.cpu_millicores, memory_mb, r.disk_mb),
         code_dir: &code_dir,
     };
     let t0 = Instant::now();
@@ -132,6 +133,12 @@ async fn run_in(
         CliError::local(format!("the function's container could not start: {e:#}"))
             .hint("check that the runtime images are built (`bash scripts/build-images.sh`) and that Docker works (`docker run --rm hello-world`)")
     })?;
+    if let Err(e) = c.load(&load).await {
+        containers.remove(&c.id, &c.name).await;
+        return Err(CliError::local(format!(
+            "the function's container could not load it: {e:#}"
+        )));
+    }
     let start_ms = t0.elapsed().as_millis() as u64;
 
     let run_id = format!("local-{id}");
@@ -164,7 +171,7 @@ async fn run_in(
     let fail = |code: &str, msg: String| Some((code.to_owned(), msg));
     match call {
         None => {
-            containers.remove(&c.id, &c.sock_dir).await;
+            containers.remove(&c.id, &c.name).await;
             return Err(CliError::new(130, "interrupted; the container was removed"));
         }
         Some(Ok(Ok(resp))) => {
@@ -220,7 +227,7 @@ async fn run_in(
             );
         }
     }
-    containers.remove(&c.id, &c.sock_dir).await;
+    containers.remove(&c.id, &c.name).await;
     Ok(out)
 }
 

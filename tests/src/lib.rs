@@ -99,6 +99,9 @@ impl Sandbox {
             ("WORKER_ID", &id),
             ("WORKER_DIR", &dir),
             ("WORKER_HEARTBEAT", "200ms"),
+            // Tests count containers: spares only where a test asks for them.
+            ("WORKER_SPARES", "0"),
+            ("WORKER_PREWARM", ""),
         ];
         all.extend_from_slice(extra);
         let cfg = worker::Config::from_env(&self.env(&all), &worker::Flags::default()).unwrap();
@@ -257,6 +260,15 @@ impl Sandbox {
             .ok();
         let _ = ch.close(200, "done".into()).await;
         q
+    }
+
+    /// Drops every ready message of a queue.
+    pub async fn purge(&self, queue: &str) {
+        let ch = self.conn.create_channel().await.unwrap();
+        ch.queue_purge(queue.into(), Default::default())
+            .await
+            .unwrap();
+        let _ = ch.close(200, "done".into()).await;
     }
 
     /// Counts messages in a queue (0 when it does not exist).

@@ -1,6 +1,7 @@
 //! Worker benchmark (a program that prints figures): warm latency and cold start from publish to
-//! result, warm throughput with 2 containers, the worker's idle memory with 10 warm containers,
-//! and the floor — a direct round trip to a warm agent with no queue in between.
+//! result (from a spare container, and with none: container create -> result), warm throughput
+//! with 2 containers, the worker's idle memory with 10 warm containers, and the floors — a
+//! direct round trip to a warm agent with no queue in between, and Docker's own create + start.
 //!
 //! Needs the local stack (`scripts/stack.sh`). Run: `cargo bench -p worker --bench worker`.
 
@@ -33,6 +34,10 @@ struct Bench {
 
 impl Bench {
     async fn invocation(&self, source: &str) -> InvocationMsg {
+        self.invocation_sized(source, Resources::DEFAULT).await
+    }
+
+    async fn invocation_sized(&self, source: &str, resources: Resources) -> InvocationMsg {
         let sha = common::codestore::put(&self.db, source.as_bytes())
             .await
             .unwrap();
@@ -48,7 +53,7 @@ impl Bench {
             code_sha256: sha,
             code_kind: CodeKind::Single,
             filename: "main.py".into(),
-            resources: Resources::new(100, 128, 16),
+            resources,
             timeout_ms: 10_000,
             mode: Mode::Sync,
             args: serde_json::json!({}),
@@ -101,6 +106,61 @@ impl Bench {
     }
 }
 
+/// One gauge from the worker's `/metrics`.
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l[name.len()..].trim().parse().ok())
+}
+
+/// Waits until the worker has a spare of the default size ready for every runtime.
+async fn spares_ready(addr: &str) {
+    let t0 = Instant::now();
+    while metric(addr, "colorfaas_worker_spare_containers").await < Some(3.0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no spare container became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a worker consumes its queue.
+async fn wait_consumer(conn: &lapin::Connection, queue: &str) {
+    let t0 = Instant::now();
+    loop {
+        // A passive declare of a missing queue closes its channel: use a fresh one each time.
+        let probe = conn.create_channel().await.unwrap();
+        let ok = probe
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.consumer_count() > 0)
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "worker did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -149,51 +209,38 @@ async fn main() {
 
     // The worker as its own process, so its memory can be read alone.
     let dir = std::env::temp_dir().join(format!("colorfaas-bench-{id}"));
-    let env: HashMap<&str, String> = HashMap::from([
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let base: HashMap<&str, String> = HashMap::from([
         ("MONGODB_URI", MONGODB_URI.to_owned()),
         ("MONGODB_DB", db_name.clone()),
         ("AMQP_URL", AMQP_URL.to_owned()),
         ("COLORFAAS_AMQP_PREFIX", prefix.clone()),
-        ("WORKER_ID", worker_id.clone()),
-        ("WORKER_DIR", dir.to_string_lossy().into_owned()),
-        ("WORKER_ADDR", "127.0.0.1:0".to_owned()),
-        ("WORKER_MEMORY_MB", "2048".to_owned()),
         ("WORKER_PREFETCH", "256".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ]);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-        .envs(&env)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting the worker binary");
-    let pid = child.id().unwrap();
-    // Wait for the worker's consumer.
-    let wq = names.worker_queue(&worker_id);
-    let t0 = Instant::now();
-    loop {
-        // A passive declare of a missing queue closes its channel: use a fresh one each time.
-        let probe = conn.create_channel().await.unwrap();
-        let ok = probe
-            .queue_declare(
-                wq.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map(|q| q.consumer_count() > 0)
-            .unwrap_or(false);
-        if ok {
-            break;
+    let spawn = |wid: &str, sub: &str, extra: &[(&'static str, &str)]| {
+        let mut env = base.clone();
+        env.insert("WORKER_ID", wid.to_owned());
+        env.insert("WORKER_DIR", dir.join(sub).to_string_lossy().into_owned());
+        for (k, v) in extra {
+            env.insert(k, (*v).to_owned());
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "worker did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .envs(&env)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the worker binary")
+    };
+    let mut child = spawn(
+        &worker_id,
+        "main",
+        &[("WORKER_ADDR", &addr), ("WORKER_MEMORY_MB", "8192")],
+    );
+    let pid = child.id().unwrap();
+    wait_consumer(&conn, &names.worker_queue(&worker_id)).await;
     let ch = conn.create_channel().await.unwrap();
     let mut b = Bench {
         names,
@@ -204,7 +251,9 @@ async fn main() {
         db: db.clone(),
     };
 
-    // Cold starts: 10 distinct functions, each first call.
+    // Cold starts from a spare: 10 distinct functions of the default size, each first call,
+    // arriving once the worker has its spares ready again (it starts one per runtime and size
+    // when it starts, and a new one whenever a cold start takes one).
     let mut cold = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     let mut funcs = Vec::new();
     for i in 0..10 {
@@ -213,10 +262,27 @@ async fn main() {
                 "# fn {i} {id}\ndef handle(e, c):\n    return None\n"
             ))
             .await;
+        spares_ready(&addr).await;
         let (d, r) = b.call(&inv).await;
         assert!(r.cold_start);
         cold.record(d.as_micros() as u64).unwrap();
         funcs.push(inv);
+    }
+    let spare_starts = metric(&addr, "colorfaas_worker_spare_cold_starts_total")
+        .await
+        .unwrap_or(0.0);
+    // Cold starts with no spare of the size: container create -> result.
+    let mut scratch = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for i in 0..10 {
+        let inv = b
+            .invocation_sized(
+                &format!("# big {i} {id}\ndef handle(e, c):\n    return None\n"),
+                Resources::new(500, 130 + i, 64),
+            )
+            .await;
+        let (d, r) = b.call(&inv).await;
+        assert!(r.cold_start);
+        scratch.record(d.as_micros() as u64).unwrap();
     }
     // Warm those 10 once more, then read the worker's idle memory.
     for inv in &funcs {
@@ -238,7 +304,22 @@ async fn main() {
         warm.record(d.as_micros() as u64).unwrap();
     }
 
-    // Throughput with 2 warm containers of one function: keep 64 tasks in flight.
+    // Throughput with 2 warm containers of one function: keep 64 tasks in flight, on a worker
+    // with room for exactly 2 containers of it (more would be started otherwise).
+    let main_worker = b.worker_id.clone();
+    let tput_worker = format!("{main_worker}t");
+    let mut tput_child = spawn(
+        &tput_worker,
+        "tput",
+        &[
+            ("WORKER_ADDR", "127.0.0.1:0"),
+            ("WORKER_MEMORY_MB", "256"),
+            ("WORKER_SPARES", "0"),
+            ("WORKER_PREWARM", ""),
+        ],
+    );
+    wait_consumer(&conn, &b.names.worker_queue(&tput_worker)).await;
+    b.worker_id = tput_worker.clone();
     let two = funcs[1].clone();
     for _ in 0..2 {
         b.send(&two).await;
@@ -263,6 +344,12 @@ async fn main() {
         }
     }
     let tput = total as f64 / t0.elapsed().as_secs_f64();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(tput_child.id().unwrap().to_string())
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tput_child.wait()).await;
+    b.worker_id = main_worker;
 
     // The floor: a direct round trip to a warm agent, no queue, no worker.
     let docker = bollard::Docker::connect_with_defaults().unwrap();
@@ -270,7 +357,7 @@ async fn main() {
     let containers = worker::docker::Containers::new(
         docker,
         &format!("{}f", b.worker_id),
-        floor_dir.join("sock"),
+        &floor_dir,
         64,
         false,
     );
@@ -285,13 +372,25 @@ async fn main() {
     let spec = worker::docker::Spec {
         key: "floor@1",
         runtime: Runtime::Python3,
+        resources: Resources::new(1000, 128, 16),
+    };
+    // Docker alone: create + start a blank container until its agent listens.
+    let mut docker_start = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = containers.start(&spec).await.unwrap();
+        docker_start.record(t.elapsed().as_micros() as u64).unwrap();
+        containers.remove(&c.id, &c.name).await;
+    }
+    let mut c = containers.start(&spec).await.unwrap();
+    c.load(&worker::docker::Load {
         handler: "main.handle",
         function: "noop",
         version: 1,
-        resources: Resources::new(1000, 128, 16),
         code_dir: &code_dir,
-    };
-    let mut c = containers.start(&spec).await.unwrap();
+    })
+    .await
+    .unwrap();
     let args = serde_json::json!({});
     let mut floor = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for i in 0..3200 {
@@ -309,7 +408,7 @@ async fn main() {
             floor.record(t.elapsed().as_micros() as u64).unwrap();
         }
     }
-    containers.remove(&c.id, &c.sock_dir).await;
+    containers.remove(&c.id, &c.name).await;
 
     // Stop the worker cleanly (SIGTERM) and check it left nothing behind.
     let _ = std::process::Command::new("kill")
@@ -320,9 +419,19 @@ async fn main() {
 
     println!("worker benchmark (no-op python3 function, this machine)");
     println!(
-        "  cold start, publish -> result:  p50 {:8.2} ms   p99 {:8.2} ms   (n=10)",
+        "  cold start from a spare, publish -> result:  p50 {:8.2} ms   p99 {:8.2} ms   (n=10, {spare_starts} took a spare)",
         pct(&cold, 0.5),
         pct(&cold, 0.99)
+    );
+    println!(
+        "  cold start, no spare (create -> result):   p50 {:8.2} ms   p99 {:8.2} ms   (n=10)",
+        pct(&scratch, 0.5),
+        pct(&scratch, 0.99)
+    );
+    println!(
+        "  floor, Docker create + start + agent up:   p50 {:8.2} ms   p99 {:8.2} ms   (n=5)",
+        pct(&docker_start, 0.5),
+        pct(&docker_start, 0.99)
     );
     println!(
         "  warm latency, publish -> result: p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
@@ -347,6 +456,7 @@ async fn main() {
     let _ = db.drop().await;
     for q in [
         b.names.worker_queue(&b.worker_id),
+        b.names.worker_queue(&tput_worker),
         b.names.invocations_queue(),
         b.names.dispatcher_results_queue(),
         b.names.callbacks_queue(),

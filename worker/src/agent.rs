@@ -22,6 +22,20 @@ pub struct AgentContext<'a> {
     pub memory_mb: u64,
 }
 
+/// The first frame a spare (deferred) agent gets: the function it now serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct Init<'a> {
+    pub handler: &'a str,
+    pub function: &'a str,
+    pub version: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct InitFrame<'a> {
+    init: Init<'a>,
+}
+
 #[derive(Debug, Serialize)]
 struct Request<'a> {
     run_id: &'a str,
@@ -85,17 +99,26 @@ impl AgentConn {
         event: &serde_json::Value,
         context: AgentContext<'_>,
     ) -> Result<AgentResponse, CallError> {
+        self.round_trip(&Request {
+            run_id,
+            event,
+            context,
+        })
+        .await
+    }
+
+    /// Tells a spare agent which handler to load (it reads the code already under its code
+    /// dir). A handler that fails to load is not an error here: the answer says so, and so
+    /// will every call.
+    pub async fn init(&mut self, init: Init<'_>) -> Result<AgentResponse, CallError> {
+        self.round_trip(&InitFrame { init }).await
+    }
+
+    async fn round_trip(&mut self, msg: &impl Serialize) -> Result<AgentResponse, CallError> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(
-            &mut self.buf,
-            &Request {
-                run_id,
-                event,
-                context,
-            },
-        )
-        .map_err(|e| CallError::Protocol(e.to_string()))?;
+        serde_json::to_writer(&mut self.buf, msg)
+            .map_err(|e| CallError::Protocol(e.to_string()))?;
         let len = (self.buf.len() - 4) as u32;
         self.buf[..4].copy_from_slice(&len.to_be_bytes());
         self.stream

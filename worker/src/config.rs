@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::config::{self, Backends, ConfigError, Env};
-use schemas::Resources;
+use schemas::{Resources, Runtime};
 
 /// Command-line flags (each overrides the environment variable named in its help).
 #[derive(Debug, Default, clap::Parser)]
@@ -58,6 +58,12 @@ pub struct Config {
     pub allow_network: bool,
     /// How long shutdown waits for running tasks.
     pub drain_timeout: Duration,
+    /// Spare containers kept started per runtime and size, ready to take the next cold start
+    /// (`WORKER_SPARES`, default 1; 0 turns spares off).
+    pub spares: usize,
+    /// Runtimes that get a spare of the default size at start (`WORKER_PREWARM`, default
+    /// `python3,node,exec`; empty for none). Other sizes get one after their first cold start.
+    pub prewarm: Vec<Runtime>,
 }
 
 fn duration(
@@ -104,6 +110,19 @@ impl Config {
             return Err(ConfigError::new("WORKER_PREFETCH", "must be at least 1"));
         }
         let default_dir = format!("/var/lib/colorfaas/worker-{worker_id}");
+        let prewarm = config::string(env, None, "WORKER_PREWARM", "python3,node,exec")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Runtime::parse(s).ok_or_else(|| {
+                    ConfigError::new(
+                        "WORKER_PREWARM",
+                        format!("{s:?} is not a runtime (python3, node, exec)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             addr: config::string(env, flags.addr.as_deref(), "WORKER_ADDR", "127.0.0.1:8090"),
             backends: Backends::from_env(env),
@@ -120,6 +139,8 @@ impl Config {
             pids_limit: config::parse(env, None, "WORKER_PIDS_LIMIT", 64)?,
             allow_network: config::string(env, None, "WORKER_ALLOW_NETWORK", "0") == "1",
             drain_timeout: duration(env, None, "WORKER_DRAIN_TIMEOUT", "30s")?,
+            spares: config::parse(env, None, "WORKER_SPARES", 1)?,
+            prewarm,
             worker_id,
         })
     }
@@ -140,6 +161,8 @@ mod tests {
         assert_eq!(c.worker_id, "w1");
         assert_eq!(c.capacity.memory_mb, 512);
         assert_eq!(c.heartbeat, Duration::from_secs(1));
+        assert_eq!(c.spares, 1);
+        assert_eq!(c.prewarm, Runtime::ALL.to_vec());
         let flags = Flags {
             memory_mb: Some("256".into()),
             ..Default::default()
@@ -159,5 +182,15 @@ mod tests {
             .starts_with("WORKER_ID"));
         let env: Env = [("WORKER_HEARTBEAT".to_owned(), "soon".to_owned())].into();
         assert!(Config::from_env(&env, &Flags::default()).is_err());
+        let env: Env = [("WORKER_PREWARM".to_owned(), "python3,cobol".to_owned())].into();
+        assert!(Config::from_env(&env, &Flags::default())
+            .unwrap_err()
+            .to_string()
+            .contains("cobol"));
+        let env: Env = [("WORKER_PREWARM".to_owned(), "".to_owned())].into();
+        assert!(Config::from_env(&env, &Flags::default())
+            .unwrap()
+            .prewarm
+            .is_empty());
     }
 }

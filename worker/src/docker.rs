@@ -1,6 +1,11 @@
 //! Function containers through the Docker API (`bollard`): created locked down (non-root,
-//! read-only root, no network, memory/CPU/pids limits, a tmpfs sized by `disk_mb`), with the
-//! code mounted read-only and a per-container socket folder where the runtime agent listens.
+//! read-only root, no network, memory/CPU/pids limits, a tmpfs sized by `disk_mb`), each with
+//! its own code folder mounted read-only at `/code` and a socket folder where the runtime agent
+//! listens.
+//!
+//! A container starts blank (its agent waits for an init frame), so it can be started before
+//! anyone knows which function it will serve: `load` links the function's code into its code
+//! folder and tells the agent the handler. A cold start with a spare ready costs only that.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +20,11 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use schemas::{Resources, Runtime};
 
-use crate::agent::AgentConn;
+use crate::agent::{AgentConn, CallError, Init};
 
 /// Label naming the worker that owns a container.
 pub const LABEL_WORKER: &str = "io.colorfaas.worker";
-/// Label naming the function key a container serves.
+/// Label naming the key a container was started for: a function key, or a spare key.
 pub const LABEL_FUNCTION: &str = "io.colorfaas.function";
 
 /// The uid:gid functions run as.
@@ -31,19 +36,27 @@ pub struct Containers {
     docker: Docker,
     worker_id: String,
     sock_root: PathBuf,
+    slot_root: PathBuf,
     pids_limit: i64,
     allow_network: bool,
 }
 
-/// What to start.
+/// What to start: a blank container of a runtime and size.
 #[derive(Debug)]
 pub struct Spec<'a> {
+    /// Goes on the container's function label: the function key or the spare key.
     pub key: &'a str,
     pub runtime: Runtime,
+    pub resources: Resources,
+}
+
+/// The function a blank container is given.
+#[derive(Debug)]
+pub struct Load<'a> {
     pub handler: &'a str,
     pub function: &'a str,
     pub version: u32,
-    pub resources: Resources,
+    /// The unpacked code in the worker's code cache.
     pub code_dir: &'a Path,
 }
 
@@ -52,49 +65,121 @@ pub struct Spec<'a> {
 pub struct Container {
     pub id: String,
     pub name: String,
-    pub sock_dir: PathBuf,
+    /// The container's `/code`, on the host.
+    pub slot_dir: PathBuf,
     pub conn: AgentConn,
     pub memory_mb: u64,
 }
 
+impl Container {
+    /// Gives a blank container its function: hard-links the code into its code folder, then
+    /// sends the agent the init frame. A handler that fails to load is not an error here (every
+    /// call will report it, like any function's load error); a dead or confused agent is.
+    pub async fn load(&mut self, load: &Load<'_>) -> anyhow::Result<()> {
+        let (src, dst) = (load.code_dir.to_owned(), self.slot_dir.clone());
+        tokio::task::spawn_blocking(move || link_tree(&src, &dst))
+            .await
+            .context("linking the code")?
+            .context("linking the code into the container's folder")?;
+        let answer = self
+            .conn
+            .init(Init {
+                handler: load.handler,
+                function: load.function,
+                version: load.version,
+                memory_mb: self.memory_mb,
+            })
+            .await;
+        match answer {
+            Ok(a) if a.ok => Ok(()),
+            Ok(a) => match a.error {
+                Some(e) if e.kind == "load" => Ok(()),
+                Some(e) => anyhow::bail!("the runtime agent refused the init frame: {}", e.message),
+                None => anyhow::bail!("the runtime agent refused the init frame"),
+            },
+            Err(e @ (CallError::Gone(_) | CallError::Protocol(_))) => {
+                Err(anyhow::Error::new(e).context("initialising the runtime agent"))
+            }
+        }
+    }
+}
+
+/// Copies a folder tree as hard links (files are never written after unpacking, so sharing
+/// them is safe and instant); falls back to copying where linking is not possible. Symbolic
+/// links are skipped (uploads cannot contain them).
+pub fn link_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ty.is_dir() {
+            std::fs::create_dir_all(&to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+            link_tree(&entry.path(), &to)?;
+        } else if ty.is_file() && std::fs::hard_link(entry.path(), &to).is_err() {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
 impl Containers {
+    /// `root` holds the per-container socket (`root/sock/<name>`) and code
+    /// (`root/slots/<name>`) folders.
     pub fn new(
         docker: Docker,
         worker_id: &str,
-        sock_root: PathBuf,
+        root: &Path,
         pids_limit: i64,
         allow_network: bool,
     ) -> Containers {
         Containers {
             docker,
             worker_id: worker_id.to_owned(),
-            sock_root,
+            sock_root: root.join("sock"),
+            slot_root: root.join("slots"),
             pids_limit,
             allow_network,
         }
+    }
+
+    fn dirs(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.sock_root.join(name), self.slot_root.join(name))
     }
 
     pub fn docker(&self) -> &Docker {
         &self.docker
     }
 
-    /// Creates and starts a container and connects to its agent (a cold start).
+    /// Creates and starts a blank container and connects to its agent; `load` gives it its
+    /// function.
     pub async fn start(&self, spec: &Spec<'_>) -> anyhow::Result<Container> {
+        use std::os::unix::fs::PermissionsExt as _;
         let name = format!(
             "cf-{}-{}",
             self.worker_id,
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let sock_dir = self.sock_root.join(&name);
-        std::fs::create_dir_all(&sock_dir).context("creating the socket folder")?;
-        std::os::unix::fs::chown(&sock_dir, Some(FUNCTION_USER.0), Some(FUNCTION_USER.1))
-            .context("handing the socket folder to the function user")?;
+        let (sock_dir, slot_dir) = self.dirs(&name);
+        let made = (|| {
+            std::fs::create_dir_all(&sock_dir).context("creating the socket folder")?;
+            std::os::unix::fs::chown(&sock_dir, Some(FUNCTION_USER.0), Some(FUNCTION_USER.1))
+                .context("handing the socket folder to the function user")?;
+            std::fs::create_dir_all(&slot_dir).context("creating the code folder")?;
+            std::fs::set_permissions(&slot_dir, std::fs::Permissions::from_mode(0o755))
+                .context("opening the code folder to the function user")
+        })();
+        if let Err(e) = made {
+            self.remove_dirs(&name);
+            return Err(e);
+        }
 
         let r = spec.resources;
         let memory = (r.memory_mb.max(16) * 1024 * 1024) as i64;
         let host_config = HostConfig {
             binds: Some(vec![
-                format!("{}:/code:ro", spec.code_dir.display()),
+                format!("{}:/code:ro", slot_dir.display()),
                 format!("{}:/run/colorfaas:rw", sock_dir.display()),
             ]),
             memory: Some(memory),
@@ -115,9 +200,7 @@ impl Containers {
             image: Some(spec.runtime.image().to_owned()),
             user: Some(format!("{}:{}", FUNCTION_USER.0, FUNCTION_USER.1)),
             env: Some(vec![
-                format!("COLORFAAS_HANDLER={}", spec.handler),
-                format!("COLORFAAS_FUNCTION={}", spec.function),
-                format!("COLORFAAS_VERSION={}", spec.version),
+                "COLORFAAS_DEFERRED=1".to_owned(),
                 format!("COLORFAAS_MEMORY_MB={}", r.memory_mb),
             ]),
             labels: Some(HashMap::from([
@@ -142,7 +225,7 @@ impl Containers {
         let created = match created {
             Ok(c) => c,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&sock_dir);
+                self.remove_dirs(&name);
                 return Err(e);
             }
         };
@@ -159,12 +242,12 @@ impl Containers {
             Ok(conn) => Ok(Container {
                 id,
                 name,
-                sock_dir,
+                slot_dir,
                 conn,
                 memory_mb: r.memory_mb,
             }),
             Err(e) => {
-                self.remove(&id, &sock_dir).await;
+                self.remove(&id, &name).await;
                 Err(e)
             }
         }
@@ -231,9 +314,9 @@ impl Containers {
         None
     }
 
-    /// Force-removes a container and its socket folder. Errors are logged, not returned:
-    /// removal is best effort and retried by the reaper.
-    pub async fn remove(&self, id: &str, sock_dir: &Path) {
+    /// Force-removes a container and its folders. Errors are logged, not returned: removal
+    /// is best effort and retried by the reaper.
+    pub async fn remove(&self, id: &str, name: &str) {
         if let Err(e) = self
             .docker
             .remove_container(
@@ -250,7 +333,13 @@ impl Containers {
                 tracing::warn!(container = id, error = %e, "removing a container failed");
             }
         }
+        self.remove_dirs(name);
+    }
+
+    fn remove_dirs(&self, name: &str) {
+        let (sock_dir, slot_dir) = self.dirs(name);
         let _ = std::fs::remove_dir_all(sock_dir);
+        let _ = std::fs::remove_dir_all(slot_dir);
     }
 
     /// Removes every container labelled with this worker's id (left by a crashed predecessor,
@@ -275,8 +364,7 @@ impl Containers {
                     .names
                     .and_then(|n| n.into_iter().next())
                     .unwrap_or_default();
-                let dir = self.sock_root.join(name.trim_start_matches('/'));
-                self.remove(&id, &dir).await;
+                self.remove(&id, name.trim_start_matches('/')).await;
             }
         }
         Ok(n)

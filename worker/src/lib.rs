@@ -41,16 +41,32 @@ pub use config::{Config, Flags};
 
 use crate::agent::{AgentContext, CallError};
 use crate::code::CodeCache;
-use crate::docker::{Container, Containers, Spec};
+use crate::docker::{Container, Containers, Load, Spec};
 use crate::pool::{Grant, WarmPool};
 
 /// How many recent run ids the worker remembers to run a redelivered task only once.
 const SEEN_RUNS: usize = 100_000;
 
+/// Pool keys of spare containers start with this (function keys never do: they are ids).
+const SPARE_PREFIX: &str = "spare/";
+
+/// The pool key of spare containers of a runtime and size.
+fn spare_key(runtime: schemas::Runtime, r: schemas::Resources) -> String {
+    format!(
+        "{SPARE_PREFIX}{}/{}m/{}MB/{}MB",
+        runtime.as_str(),
+        r.cpu_millicores,
+        r.memory_mb,
+        r.disk_mb
+    )
+}
+
 struct Metrics {
     registry: Registry,
     cold_starts: Value,
+    spare_starts: Value,
     warm_containers: Value,
+    spare_containers: Value,
     dead_lettered: Value,
     fenced: Value,
     duplicates: Value,
@@ -65,9 +81,19 @@ impl Metrics {
                 "containers started for a run",
                 &[],
             ),
+            spare_starts: registry.counter(
+                "colorfaas_worker_spare_cold_starts_total",
+                "cold starts served by a spare container (part of cold_starts)",
+                &[],
+            ),
             warm_containers: registry.gauge(
                 "colorfaas_worker_idle_containers",
                 "idle warm containers",
+                &[],
+            ),
+            spare_containers: registry.gauge(
+                "colorfaas_worker_spare_containers",
+                "spare containers ready for a cold start",
                 &[],
             ),
             dead_lettered: registry.counter(
@@ -108,6 +134,8 @@ struct Inner {
     db: mongodb::Database,
     pool: Mutex<WarmPool<Container>>,
     pool_changed: Notify,
+    /// Spare containers being started, per spare key.
+    making: Mutex<HashMap<String, usize>>,
     writer: RunWriter,
     prices: Mutex<Prices>,
     publisher: Channel,
@@ -134,15 +162,14 @@ pub async fn run(
         .ping()
         .await
         .context("the Docker engine is not reachable")?;
-    let sock_root = cfg.work_dir.join("sock");
     let code_root = cfg.work_dir.join("code");
-    for d in [&sock_root, &code_root] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    for d in ["sock", "slots", "code"].map(|d| cfg.work_dir.join(d)) {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let containers = Containers::new(
         docker,
         &worker_id,
-        sock_root,
+        &cfg.work_dir,
         cfg.pids_limit,
         cfg.allow_network,
     );
@@ -178,6 +205,7 @@ pub async fn run(
     let inner = Arc::new(Inner {
         pool: Mutex::new(WarmPool::new(cfg.capacity.memory_mb)),
         pool_changed: Notify::new(),
+        making: Mutex::new(HashMap::new()),
         code: CodeCache::new(code_root, db.clone()),
         db,
         containers,
@@ -216,6 +244,9 @@ pub async fn run(
         .await
         .context("consuming the task queue")?;
     tracing::info!(worker_id, queue, "worker ready");
+    for &rt in &inner.cfg.prewarm {
+        want_spare(&inner, rt, schemas::Resources::DEFAULT);
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut stop = stop_rx.clone();
@@ -249,9 +280,25 @@ pub async fn run(
         tasks.abort_all();
     }
     let _ = consume_ch.close(200, "worker stopping".into()).await;
+    // Spares still starting remove themselves once they see the worker is not accepting.
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let notified = inner.pool_changed.notified();
+            if inner
+                .making
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
     let idle = inner.pool.lock().unwrap_or_else(|e| e.into_inner()).drain();
     for c in idle {
-        inner.containers.remove(&c.id, &c.sock_dir).await;
+        inner.containers.remove(&c.id, &c.name).await;
     }
     if let Err(e) = inner.containers.reap_all().await {
         tracing::warn!(worker_id, error = %format!("{e:#}"), "removing containers at shutdown failed");
@@ -497,7 +544,7 @@ impl Outcome {
     }
 }
 
-async fn execute(inner: &Inner, task: &TaskMsg, started_at_ms: i64) -> ResultMsg {
+async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i64) -> ResultMsg {
     let inv = &task.invocation;
     let o = run_in_container(inner, inv).await;
     let platform = o.error.as_ref().is_some_and(RunError::is_platform);
@@ -545,20 +592,39 @@ fn tail(s: String, max: usize) -> String {
     format!("[truncated]\n{}", &s[start..])
 }
 
-/// Takes a warm container for the function, or room to start one (waiting while busy
-/// containers hold the worker's memory).
-async fn acquire(inner: &Inner, key: &str, memory_mb: u64) -> Grant<Container> {
+/// Sets the idle and spare container gauges; returns the warm function keys.
+fn pool_gauges(inner: &Inner, p: &WarmPool<Container>) -> Vec<String> {
+    let (spare_keys, warm): (Vec<String>, Vec<String>) = p
+        .warm_keys()
+        .into_iter()
+        .partition(|k| k.starts_with(SPARE_PREFIX));
+    let spares: usize = spare_keys.iter().map(|k| p.count(k)).sum();
+    inner
+        .metrics
+        .warm_containers
+        .set((p.idle_count() - spares) as i64);
+    inner.metrics.spare_containers.set(spares as i64);
+    warm
+}
+
+/// Takes a warm container for the function, else a spare, else room to start one (waiting
+/// while busy containers hold the worker's memory).
+async fn acquire(
+    inner: &Inner,
+    key: &str,
+    spare_key: Option<&str>,
+    memory_mb: u64,
+) -> Grant<Container> {
     loop {
         let notified = inner.pool_changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(g) = inner
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_acquire(key, memory_mb)
         {
-            return g;
+            let mut p = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(g) = p.try_acquire(key, spare_key, memory_mb) {
+                pool_gauges(inner, &p);
+                return g;
+            }
         }
         notified.await;
     }
@@ -566,11 +632,11 @@ async fn acquire(inner: &Inner, key: &str, memory_mb: u64) -> Grant<Container> {
 
 fn release(inner: &Inner, key: &str, c: Container) {
     let mb = c.memory_mb;
-    inner
-        .pool
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .release(key, c, mb, Instant::now());
+    {
+        let mut p = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        p.release(key, c, mb, Instant::now());
+        pool_gauges(inner, &p);
+    }
     inner.pool_changed.notify_waiters();
 }
 
@@ -583,10 +649,164 @@ fn discard(inner: &Inner, c: Container) {
         .discard(c.memory_mb);
     inner.pool_changed.notify_waiters();
     let containers = inner.containers.clone();
-    tokio::spawn(async move { containers.remove(&c.id, &c.sock_dir).await });
+    tokio::spawn(async move { containers.remove(&c.id, &c.name).await });
 }
 
-async fn run_in_container(inner: &Inner, inv: &InvocationMsg) -> Outcome {
+/// Starts a spare container of a runtime and size in the background, unless enough are ready
+/// or starting, or it would not fit without evicting a warm container.
+fn want_spare(inner: &Arc<Inner>, runtime: schemas::Runtime, resources: schemas::Resources) {
+    if inner.cfg.spares == 0 || !inner.accepting.load(Ordering::SeqCst) {
+        return;
+    }
+    let key = spare_key(runtime, resources);
+    {
+        let mut making = inner.making.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let now = pool.count(&key) + making.get(&key).copied().unwrap_or(0);
+        if now >= inner.cfg.spares || !pool.try_reserve(resources.memory_mb) {
+            return;
+        }
+        *making.entry(key.clone()).or_default() += 1;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let started = inner
+            .containers
+            .start(&Spec {
+                key: &key,
+                runtime,
+                resources,
+            })
+            .await;
+        match started {
+            Ok(c) if inner.accepting.load(Ordering::SeqCst) => {
+                tracing::debug!(container = c.name, key, "spare container ready");
+                release(&inner, &key, c);
+            }
+            Ok(c) => {
+                inner
+                    .pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .discard(resources.memory_mb);
+                inner.containers.remove(&c.id, &c.name).await;
+            }
+            Err(e) => {
+                inner
+                    .pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .discard(resources.memory_mb);
+                tracing::warn!(key, error = %format!("{e:#}"), "starting a spare container failed");
+            }
+        }
+        {
+            let mut making = inner.making.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = making.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    making.remove(&key);
+                }
+            }
+        }
+        inner.pool_changed.notify_waiters();
+    });
+}
+
+/// A container serving the function: warm, else a spare given the function, else a new one.
+/// `Err` is the run's outcome when none can be had.
+async fn obtain(
+    inner: &Arc<Inner>,
+    inv: &InvocationMsg,
+    code_dir: &std::path::Path,
+) -> Result<(Container, bool), Outcome> {
+    let key = inv.function_key();
+    let resources = schemas::Resources {
+        memory_mb: inv.resources.memory_mb.max(16),
+        ..inv.resources
+    };
+    let spare = (inner.cfg.spares > 0).then(|| spare_key(inv.runtime, resources));
+    let load = Load {
+        handler: &inv.handler,
+        function: &inv.function,
+        version: inv.version,
+        code_dir,
+    };
+    let platform = |msg: String| {
+        Outcome::failed(
+            RunStatus::Failed,
+            RunError::new(codes::PLATFORM_WORKER, msg),
+            0,
+            false,
+        )
+    };
+    // A spare that turns out dead is discarded and the next option tried.
+    for _ in 0..3 {
+        match acquire(inner, &key, spare.as_deref(), resources.memory_mb).await {
+            Grant::Warm(c) => return Ok((c, false)),
+            Grant::Spare(mut c) => {
+                want_spare(inner, inv.runtime, resources);
+                match c.load(&load).await {
+                    Ok(()) => {
+                        inner.metrics.cold_starts.inc();
+                        inner.metrics.spare_starts.inc();
+                        return Ok((c, true));
+                    }
+                    Err(e) => {
+                        tracing::warn!(run_id = inv.run_id, function = inv.function, container = c.name, error = %format!("{e:#}"), "a spare container could not take the function");
+                        discard(inner, c);
+                    }
+                }
+            }
+            Grant::Cold { evicted } => {
+                for old in evicted {
+                    tracing::debug!(container = old.name, "evicting an idle container");
+                    let containers = inner.containers.clone();
+                    tokio::spawn(async move { containers.remove(&old.id, &old.name).await });
+                }
+                let spec = Spec {
+                    key: &key,
+                    runtime: inv.runtime,
+                    resources,
+                };
+                let started = match inner.containers.start(&spec).await {
+                    Ok(mut c) => match c.load(&load).await {
+                        Ok(()) => Ok(c),
+                        Err(e) => {
+                            inner.containers.remove(&c.id, &c.name).await;
+                            Err(e)
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                want_spare(inner, inv.runtime, resources);
+                return match started {
+                    Ok(c) => {
+                        inner.metrics.cold_starts.inc();
+                        Ok((c, true))
+                    }
+                    Err(e) => {
+                        inner
+                            .pool
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .discard(resources.memory_mb);
+                        inner.pool_changed.notify_waiters();
+                        tracing::error!(run_id = inv.run_id, function = inv.function, error = %format!("{e:#}"), "starting a container failed");
+                        Err(platform(format!(
+                            "the function's container could not start: {e:#}"
+                        )))
+                    }
+                };
+            }
+        }
+    }
+    Err(platform(
+        "no container could take the function (spare containers kept failing)".to_owned(),
+    ))
+}
+
+async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) -> Outcome {
     let platform = |code: &str, msg: String| {
         Outcome::failed(RunStatus::Failed, RunError::new(code, msg), 0, false)
     };
@@ -614,47 +834,9 @@ async fn run_in_container(inner: &Inner, inv: &InvocationMsg) -> Outcome {
         }
     };
     let key = inv.function_key();
-    let memory_mb = inv.resources.memory_mb.max(16);
-    let (mut c, cold) = match acquire(inner, &key, memory_mb).await {
-        Grant::Warm(c) => (c, false),
-        Grant::Cold { evicted } => {
-            for old in evicted {
-                tracing::debug!(container = old.name, "evicting an idle container");
-                let containers = inner.containers.clone();
-                tokio::spawn(async move { containers.remove(&old.id, &old.sock_dir).await });
-            }
-            let spec = Spec {
-                key: &key,
-                runtime: inv.runtime,
-                handler: &inv.handler,
-                function: &inv.function,
-                version: inv.version,
-                resources: schemas::Resources {
-                    memory_mb,
-                    ..inv.resources
-                },
-                code_dir: &code_dir,
-            };
-            match inner.containers.start(&spec).await {
-                Ok(c) => {
-                    inner.metrics.cold_starts.inc();
-                    (c, true)
-                }
-                Err(e) => {
-                    inner
-                        .pool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .discard(memory_mb);
-                    inner.pool_changed.notify_waiters();
-                    tracing::error!(run_id = inv.run_id, function = inv.function, error = %format!("{e:#}"), "starting a container failed");
-                    return platform(
-                        codes::PLATFORM_WORKER,
-                        format!("the function's container could not start: {e:#}"),
-                    );
-                }
-            }
-        }
+    let (mut c, cold) = match obtain(inner, inv, &code_dir).await {
+        Ok(got) => got,
+        Err(outcome) => return outcome,
     };
 
     let deadline_ms = schemas::now_ms() + inv.timeout_ms as i64;
@@ -763,11 +945,10 @@ async fn publish_heartbeat(inner: &Inner, seq: u64) {
             .fold(schemas::Resources::default(), |a, t| a.plus(t.demand));
         (r.values().cloned().collect::<Vec<_>>(), allocated)
     };
-    let (warm, idle) = {
+    let warm = {
         let p = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        (p.warm_keys(), p.idle_count())
+        pool_gauges(inner, &p)
     };
-    inner.metrics.warm_containers.set(idle as i64);
     let msg = HeartbeatMsg {
         v: MESSAGE_VERSION,
         worker_id: inner.cfg.worker_id.clone(),
@@ -837,7 +1018,7 @@ async fn reaper_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 container = c.name,
                 "removing an idle container past its TTL"
             );
-            inner.containers.remove(&c.id, &c.sock_dir).await;
+            inner.containers.remove(&c.id, &c.name).await;
         }
         if last_prices.elapsed() > Duration::from_secs(30) {
             last_prices = Instant::now();

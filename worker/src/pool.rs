@@ -1,5 +1,7 @@
 //! The warm-container pool: idle containers in an LRU (`lru` crate) keyed by function + version,
 //! and a memory budget covering every container the worker has (idle, busy, or starting).
+//! Spare containers (started before any function claimed them) are idle entries under their
+//! own key, so they share the budget, the LRU and the idle TTL with warm ones.
 //! Pure bookkeeping, no I/O: the caller starts and removes the containers this hands out or
 //! evicts.
 
@@ -20,6 +22,9 @@ struct Idle<T> {
 pub enum Grant<T> {
     /// A warm container of the function: use it, then `release` or `discard` it.
     Warm(T),
+    /// A spare container of the function's runtime and size: give it the function, then
+    /// `release` or `discard` it.
+    Spare(T),
     /// Room (already reserved) to start a new container; the `evicted` idle containers must be
     /// removed by the caller. Later `release` or `discard` the new container.
     Cold { evicted: Vec<T> },
@@ -61,20 +66,25 @@ impl<T> WarmPool<T> {
         self.idle.iter().map(|(k, _)| k.clone()).collect()
     }
 
-    /// A warm container for `key`, else room for a new one of `memory_mb` (evicting least
-    /// recently used idle containers as needed), else `None`: busy containers hold the memory,
-    /// so wait for a `release` or `discard` and try again.
-    pub fn try_acquire(&mut self, key: &str, memory_mb: u64) -> Option<Grant<T>> {
-        if let Some(list) = self.idle.get_mut(key) {
-            // Most recently released first: it is the hottest.
-            if let Some(idle) = list.pop() {
-                if list.is_empty() {
-                    self.idle.pop(key);
-                }
-                self.idle_count -= 1;
-                self.idle_mb -= idle.memory_mb;
-                return Some(Grant::Warm(idle.item));
-            }
+    /// Idle containers under `key`.
+    pub fn count(&self, key: &str) -> usize {
+        self.idle.peek(key).map_or(0, Vec::len)
+    }
+
+    /// A warm container for `key`, else a spare under `spare_key`, else room for a new one of
+    /// `memory_mb` (evicting least recently used idle containers as needed), else `None`: busy
+    /// containers hold the memory, so wait for a `release` or `discard` and try again.
+    pub fn try_acquire(
+        &mut self,
+        key: &str,
+        spare_key: Option<&str>,
+        memory_mb: u64,
+    ) -> Option<Grant<T>> {
+        if let Some(item) = self.take_idle(key) {
+            return Some(Grant::Warm(item));
+        }
+        if let Some(item) = spare_key.and_then(|k| self.take_idle(k)) {
+            return Some(Grant::Spare(item));
         }
         let busy_mb = self.used_mb - self.idle_mb;
         if busy_mb + memory_mb > self.capacity_mb {
@@ -90,6 +100,28 @@ impl<T> WarmPool<T> {
         }
         self.used_mb += memory_mb;
         Some(Grant::Cold { evicted })
+    }
+
+    /// Reserves `memory_mb` for a new container only if it fits without evicting anything
+    /// (spares never push out warm containers). Later `release` or `discard` it.
+    pub fn try_reserve(&mut self, memory_mb: u64) -> bool {
+        if self.used_mb + memory_mb > self.capacity_mb {
+            return false;
+        }
+        self.used_mb += memory_mb;
+        true
+    }
+
+    /// The most recently released idle container under `key` (it is the hottest).
+    fn take_idle(&mut self, key: &str) -> Option<T> {
+        let list = self.idle.get_mut(key)?;
+        let idle = list.pop()?;
+        if list.is_empty() {
+            self.idle.pop(key);
+        }
+        self.idle_count -= 1;
+        self.idle_mb -= idle.memory_mb;
+        Some(idle.item)
     }
 
     /// Removes the least recently used idle container (the oldest one of the least recently
@@ -169,14 +201,14 @@ mod tests {
     use super::*;
 
     fn warm(p: &mut WarmPool<&'static str>, key: &str, mb: u64) -> &'static str {
-        match p.try_acquire(key, mb) {
+        match p.try_acquire(key, None, mb) {
             Some(Grant::Warm(i)) => i,
             other => panic!("expected warm, got {other:?}"),
         }
     }
 
     fn cold(p: &mut WarmPool<&'static str>, key: &str, mb: u64) -> Vec<&'static str> {
-        match p.try_acquire(key, mb) {
+        match p.try_acquire(key, None, mb) {
             Some(Grant::Cold { evicted }) => evicted,
             other => panic!("expected cold, got {other:?}"),
         }
@@ -220,13 +252,45 @@ mod tests {
         let mut p = WarmPool::<&str>::new(256);
         cold(&mut p, "a@1", 128);
         cold(&mut p, "a@1", 128);
-        assert!(p.try_acquire("a@1", 128).is_none());
+        assert!(p.try_acquire("a@1", None, 128).is_none());
         assert!(
-            p.try_acquire("b@1", 512).is_none(),
+            p.try_acquire("b@1", None, 512).is_none(),
             "larger than the whole worker"
         );
         p.discard(128);
         cold(&mut p, "a@1", 128);
+    }
+
+    #[test]
+    fn a_spare_serves_a_cold_function_and_never_evicts_warm_ones() {
+        let mut p = WarmPool::new(384);
+        let t = Instant::now();
+        assert!(p.try_reserve(128));
+        p.release("spare/python3", "s1", 128, t);
+        assert_eq!(p.count("spare/python3"), 1);
+        // A warm container of the function comes first.
+        cold(&mut p, "a@1", 128);
+        p.release("a@1", "ca", 128, t);
+        match p.try_acquire("a@1", Some("spare/python3"), 128) {
+            Some(Grant::Warm("ca")) => {}
+            other => panic!("expected warm, got {other:?}"),
+        }
+        p.release("a@1", "ca", 128, t);
+        // A new function takes the spare: no new memory, nothing evicted.
+        match p.try_acquire("b@1", Some("spare/python3"), 128) {
+            Some(Grant::Spare("s1")) => {}
+            other => panic!("expected the spare, got {other:?}"),
+        }
+        assert_eq!(p.used_mb(), 256);
+        assert_eq!(p.count("spare/python3"), 0);
+        // Room for one more spare, but not two: spares do not evict.
+        assert!(p.try_reserve(128));
+        assert!(!p.try_reserve(128));
+        p.release("spare/python3", "s2", 128, t);
+        // A cold start may evict a spare like any idle container (a is older).
+        p.discard(128); // b finished and went away
+        assert_eq!(cold(&mut p, "c@1", 256), vec!["ca"]);
+        assert_eq!(p.warm_keys(), vec!["spare/python3".to_owned()]);
     }
 
     #[test]

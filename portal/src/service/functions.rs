@@ -37,7 +37,7 @@ pub const CPU_MILLICORES: (u64, u64) = (50, 4000);
 pub const MEMORY_MB: (u64, u64) = (64, 10_240);
 pub const DISK_MB: (u64, u64) = (16, 10_240);
 pub const TIMEOUT_MS: (u64, u64) = (100, 900_000);
-pub const DEFAULT_RESOURCES: Resources = Resources::new(500, 128, 64);
+pub const DEFAULT_RESOURCES: Resources = Resources::DEFAULT;
 pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
 
 /// `{name: type}` in the order given (a JSON object's order is kept).
