@@ -11,7 +11,7 @@
 //!    payment_attempt: null}` → `$set {payment_attempt: A, payment_started_ms}`. Concurrent
 //!    attempts find the bill locked (or paid) and get 409: exactly one proceeds.
 //! 2. **Deduct** in one update of the user: `{_id, balance_micros >= amount, payments ∌ A+, A-}`
-//!    → `$inc {balance_micros: -amount}`, `$push {payments: "A+"}`. The balance can never go
+//!    → `$inc {balance_micros: -amount, paid_micros: amount}`, `$push {payments: "A+"}`. The balance can never go
 //!    negative, and the marker `A+` records atomically *that this attempt deducted*. When nothing
 //!    matched because the balance is too low, the bill is unlocked (conditional on `A`) → 402,
 //!    nothing changed.
@@ -54,7 +54,7 @@ use schemas::{now_ms, BillDoc, BillState, BillStatus, HistoryDoc, HistoryKind, R
 
 use crate::billing::DRAFTS;
 pub use crate::card::{Card, CardError, ValidCard};
-use common::wire;
+use common::{credit, wire};
 
 /// New accounts start with this much credit unless configured otherwise.
 pub const DEFAULT_FREE_CREDIT_MICROS: i64 = 1_000_000;
@@ -354,7 +354,8 @@ async fn attempt_payment(db: &Database, mut bill: BillDoc) -> Result<BillDoc, Ac
         vec![doc! {
             "q": {"_id": &bill.user_id, "balance_micros": {"$gte": amount},
                   "payments": {"$nin": [&applied, &voided]}},
-            "u": {"$inc": {"balance_micros": -amount}, "$push": {"payments": &applied}},
+            "u": {"$inc": {"balance_micros": -amount, credit::PAID: amount},
+                  "$push": {"payments": &applied}},
         }],
         "deducting the bill from the balance",
     )
@@ -507,15 +508,20 @@ async fn sum(db: &Database, coll: &str, filter: Document, field: &str) -> anyhow
 }
 
 /// The budget cap: balance − unpaid bills − the cost of finished runs not yet on a published
-/// bill (runs already marked for a bill the billing job is still drafting included, so a run is
-/// never counted zero times).
+/// bill, read from the user's counters (`common::credit`). For an account that predates them
+/// it is summed: runs already marked for a bill the billing job is still drafting are included,
+/// so a run is never counted zero times.
 pub async fn available_credit(db: &Database, user_id: &str) -> Result<i64, AccountError> {
     let user = users(db)
         .find_one(doc! {"_id": user_id})
-        .projection(doc! {"balance_micros": 1})
+        .projection(credit::projection())
         .await
         .map_err(|e| internal(e, "reading the user"))?
         .ok_or(AccountError::NotFound("user"))?;
+    if let Some(available) = credit::from_counters(&user) {
+        return Ok(available);
+    }
+    // An account from before the counters: sum what it owes.
     let balance = wire::int(user.get("balance_micros"));
     let finals: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
     let unpaid = sum(

@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod codestore;
 pub mod config;
+pub mod credit;
 pub mod error_body;
 pub mod metrics;
 pub mod mongo;

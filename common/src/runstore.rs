@@ -9,6 +9,12 @@
 //! - `Finished` upserts the final state unless the run is already final or carries a newer
 //!   fencing epoch; a refused duplicate is ignored. So a late `Pending` or `Started` never
 //!   overwrites a final run, and a finish delivered twice lands once.
+//!
+//! A finish that lands adds the run's cost to its user's `spent_micros` counter (the budget
+//! cap's input, see `credit.rs`), in one `$inc` per user per batch, after the runs are stored.
+//! A refused finish adds nothing, so a run is counted at most once; a writer that dies between
+//! the two round trips leaves those runs uncounted (the cap is then lenient by their cost; the
+//! bills, computed from the runs, are exact).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -121,15 +127,22 @@ async fn run(db: Database, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         let mut backoff = Duration::from_millis(50);
-        loop {
+        let spent = loop {
             match store(&db, &batch).await {
-                Ok(()) => break,
+                Ok(spent) => break spent,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "storing run records failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
+        };
+        // Retried on its own: retrying the runs' writes would find them final and count nothing.
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = count_spent(&db, &spent).await {
+            tracing::warn!(error = %format!("{e:#}"), users = spent.len(), "counting spent credit failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         batch.clear();
         for w in waiters.drain(..) {
@@ -138,8 +151,9 @@ async fn run(db: Database, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-/// Stores one batch in at most two round trips.
-async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
+/// Stores one batch in at most two round trips. Returns the cost of the runs whose final
+/// record this batch wrote (refused duplicates excluded), summed per user.
+async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<HashMap<String, i64>> {
     // A finish in the same batch makes the start of the same run moot.
     let finished: HashMap<&str, ()> = batch
         .iter()
@@ -148,6 +162,8 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
         .collect();
     let mut inserts: Vec<Document> = Vec::new();
     let mut updates: Vec<Document> = Vec::new();
+    // (statement index, user, cost) of every billable finish.
+    let mut costs: Vec<(usize, &str, i64)> = Vec::new();
     for w in batch {
         match w {
             RunWrite::Pending(d) => inserts.push(bson::to_document(d.as_ref())?),
@@ -170,11 +186,17 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
                     }},
                 });
             }
-            RunWrite::Finished(d) => updates.push(finish_statement(d)?),
+            RunWrite::Finished(d) => {
+                if d.billed_micros > 0 {
+                    costs.push((updates.len(), d.user_id.as_str(), d.billed_micros));
+                }
+                updates.push(finish_statement(d)?);
+            }
         }
     }
     // Duplicate keys are expected: they are how repeated writes are refused.
     crate::wire::insert(db, collections::RUNS, inserts, "inserting pending runs").await?;
+    let mut spent: HashMap<String, i64> = HashMap::new();
     if !updates.is_empty() {
         let reply = db
             .run_command(doc! {
@@ -183,8 +205,31 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<()> {
                 "ordered": false,
             })
             .await?;
-        crate::wire::duplicate_indices(&reply, "updating runs")?;
+        // A refused finish (the run was already final) is a duplicate key on `_id`.
+        let refused = crate::wire::duplicate_indices(&reply, "updating runs")?;
+        for (i, user, cost) in costs {
+            if !refused.contains(&i) {
+                let total = spent.entry(user.to_owned()).or_default();
+                *total = total.saturating_add(cost);
+            }
+        }
     }
+    Ok(spent)
+}
+
+/// Adds each user's newly finished runs to their `spent_micros` counter (one round trip). Users
+/// whose document predates the counter are left alone: their credit is still summed from runs.
+async fn count_spent(db: &Database, spent: &HashMap<String, i64>) -> anyhow::Result<()> {
+    let statements: Vec<Document> = spent
+        .iter()
+        .map(|(user, micros)| {
+            doc! {
+                "q": {"_id": user, crate::credit::SPENT: {"$exists": true}},
+                "u": {"$inc": {crate::credit::SPENT: *micros}},
+            }
+        })
+        .collect();
+    crate::wire::update(db, collections::USERS, statements, "counting spent credit").await?;
     Ok(())
 }
 

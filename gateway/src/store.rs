@@ -171,7 +171,9 @@ impl Store {
     }
 }
 
-/// `balance_micros − unpaid bills − finished unbilled runs`, or `None` for an unknown user.
+/// `balance_micros − unpaid bills − finished unbilled runs`, or `None` for an unknown user:
+/// one read of the user's counters (`common::credit`), or sums for an account that predates
+/// them.
 async fn compute_credit(
     db: &Database,
     user_id: &str,
@@ -181,12 +183,15 @@ async fn compute_credit(
         "reading a user",
         db.collection::<Document>(collections::USERS)
             .find_one(doc! {"_id": user_id})
-            .projection(doc! {"balance_micros": 1}),
+            .projection(common::credit::projection()),
     )
     .await?;
     let Some(user) = user else {
         return Ok(None);
     };
+    if let Some(available) = common::credit::from_counters(&user) {
+        return Ok(Some(available));
+    }
     let balance = lenient_i64(user.get("balance_micros"));
     let unpaid_filter = doc! {
         "user_id": user_id,

@@ -17,6 +17,13 @@ pub struct UserDoc {
     /// Argon2id PHC string.
     pub password_hash: String,
     pub balance_micros: i64,
+    /// Cost of every finished run, ever: raised by the run writer as final records land.
+    /// Absent on accounts that predate it (their credit is summed from runs instead).
+    #[serde(default)]
+    pub spent_micros: i64,
+    /// Amount of every bill paid, ever: raised by the update that deducts a bill.
+    #[serde(default)]
+    pub paid_micros: i64,
     pub created_at_ms: i64,
 }
 

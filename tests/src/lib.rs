@@ -461,6 +461,36 @@ impl Sandbox {
         c
     }
 
+    /// Raises a user's `spent_micros` counter, standing for runs finished (and billed) before
+    /// a test seeds bills for them directly.
+    pub async fn add_spent(&self, user_id: &str, micros: i64) {
+        self.db
+            .collection::<bson::Document>(schemas::names::collections::USERS)
+            .update_one(
+                bson::doc! {"_id": user_id},
+                bson::doc! {"$inc": {common::credit::SPENT: micros}},
+            )
+            .await
+            .expect("raising spent_micros");
+    }
+
+    /// Stores runs the way workers do (through the batched run writer, which also raises the
+    /// users' `spent_micros` counters): final runs as finishes, others as pending inserts.
+    pub async fn store_runs(&self, runs: &[schemas::RunDoc]) {
+        let (writer, task) = common::runstore::RunWriter::spawn(self.db.clone());
+        for r in runs {
+            let w = if r.status.is_final() {
+                common::runstore::RunWrite::Finished(Box::new(r.clone()))
+            } else {
+                common::runstore::RunWrite::Pending(Box::new(r.clone()))
+            };
+            writer.write(w).await;
+        }
+        writer.flush().await;
+        drop(writer);
+        task.await.expect("the run writer ends");
+    }
+
     /// Inserts a user with `balance_micros`; returns the user id.
     pub async fn seed_user(&self, balance_micros: i64) -> String {
         let id = format!("u{}", rand_id());
@@ -470,6 +500,8 @@ impl Sandbox {
             name: format!("user {id}"),
             password_hash: "not-a-password".into(),
             balance_micros,
+            spent_micros: 0,
+            paid_micros: 0,
             created_at_ms: schemas::now_ms(),
         };
         self.db

@@ -995,24 +995,49 @@ async fn topups_check_the_card_and_store_only_its_last_four_digits() {
 async fn available_credit_is_balance_minus_unpaid_bills_and_unbilled_runs() {
     let sb = Sandbox::new("bill-credit").await;
     let user = sb.seed_user(10_000).await;
+    // Two bills for 1,500 micros of runs that finished earlier.
+    sb.add_spent(&user, 1_500).await;
     seed_bill(&sb, &user, 1_000).await;
     let paid = seed_bill(&sb, &user, 500).await;
     account::pay_bill(&sb.db, &user, &paid.id).await.unwrap();
-    insert_runs(
-        &sb,
-        &[
-            run_doc(&user, RunStatus::Succeeded, 30),
-            run_doc(&user, RunStatus::TimedOut, 4),
-            run_doc(&user, RunStatus::Running, 0),
-            exempt_doc(&user),
-        ],
-    )
+    let counted = run_doc(&user, RunStatus::Succeeded, 30);
+    sb.store_runs(&[
+        counted.clone(),
+        run_doc(&user, RunStatus::TimedOut, 4),
+        run_doc(&user, RunStatus::Running, 0),
+        exempt_doc(&user),
+    ])
     .await;
     // 10,000 − 500 (paid) − 1,000 unpaid − 34 unbilled.
     assert_eq!(
         account::available_credit(&sb.db, &user).await.unwrap(),
         8_466
     );
+    // A finish delivered again is refused by the run store and not counted again.
+    sb.store_runs(&[counted]).await;
+    assert_eq!(
+        account::available_credit(&sb.db, &user).await.unwrap(),
+        8_466
+    );
+    // The counters agree with summing the runs and bills (the path of accounts that predate
+    // them).
+    let users = sb.db.collection::<Document>(collections::USERS);
+    let counters = users.find_one(doc! {"_id": &user}).await.unwrap().unwrap();
+    users
+        .update_one(
+            doc! {"_id": &user},
+            doc! {"$unset": {"spent_micros": "", "paid_micros": ""}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        account::available_credit(&sb.db, &user).await.unwrap(),
+        8_466
+    );
+    users
+        .replace_one(doc! {"_id": &user}, &counters)
+        .await
+        .unwrap();
     // Billing moves the runs onto a bill: the credit stays the same.
     bill_once(&sb.db, &opts()).await.unwrap();
     assert_eq!(

@@ -682,6 +682,7 @@ async fn budget_cap_is_402() {
 
     // 100 micros, all owed on an unpaid bill.
     let owing = tenant(&sb, 100).await;
+    sb.add_spent(&owing.user_id, 100).await;
     sb.seed_function(
         &owing.user_id,
         "echo",
@@ -714,8 +715,8 @@ async fn budget_cap_is_402() {
     )
     .await;
 
-    // 100 micros, spent by finished runs not billed yet; billed, exempt and unfinished runs
-    // do not count.
+    // 100 micros, spent by finished runs not billed yet (stored as workers store them); exempt
+    // and unfinished runs do not count.
     let spender = tenant(&sb, 100).await;
     sb.seed_function(
         &spender.user_id,
@@ -726,14 +727,7 @@ async fn budget_cap_is_402() {
         PY,
     )
     .await;
-    let runs = sb.db.collection::<RunDoc>(collections::RUNS);
-    for d in [
-        run_doc(
-            &spender.user_id,
-            RunStatus::Succeeded,
-            BillState::Billed,
-            500,
-        ),
+    sb.store_runs(&[
         run_doc(&spender.user_id, RunStatus::Failed, BillState::Exempt, 0),
         run_doc(&spender.user_id, RunStatus::Running, BillState::Unbilled, 0),
         run_doc(
@@ -742,9 +736,8 @@ async fn budget_cap_is_402() {
             BillState::Unbilled,
             60,
         ),
-    ] {
-        runs.insert_one(&d).await.unwrap();
-    }
+    ])
+    .await;
     // 100 − 60 = 40 left: accepted.
     assert_eq!(
         invoke(&gw, &spender.key, "echo", "{}", &async_hdr)
@@ -752,14 +745,13 @@ async fn budget_cap_is_402() {
             .status(),
         202
     );
-    runs.insert_one(run_doc(
+    sb.store_runs(&[run_doc(
         &spender.user_id,
         RunStatus::TimedOut,
         BillState::Unbilled,
         40,
-    ))
-    .await
-    .unwrap();
+    )])
+    .await;
     // The view is refreshed within 5 s: then 100 − 100 = 0 is refused.
     let t0 = Instant::now();
     eventually(Duration::from_secs(6), "the budget cap applies", || async {
@@ -777,6 +769,15 @@ async fn budget_cap_is_402() {
 async fn available_credit_is_the_same_by_aggregation_and_by_find() {
     let sb = Sandbox::new("gw-credit").await;
     let user = sb.seed_user(1_000).await;
+    // An account from before the credit counters: its credit is summed from runs and bills.
+    sb.db
+        .collection::<bson::Document>(collections::USERS)
+        .update_one(
+            bson::doc! {"_id": &user},
+            bson::doc! {"$unset": {"spent_micros": "", "paid_micros": ""}},
+        )
+        .await
+        .unwrap();
     let bills = sb.db.collection::<BillDoc>(collections::BILLS);
     for (id, amount, status) in [
         ("b1", 100, BillStatus::Unpaid),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use schemas::{Mode, Resources, Runtime};
 use serde_json::{json, Value};
 use tests::{eventually, Sandbox};
@@ -334,6 +334,41 @@ async fn two_hundred_async_invocations_all_succeed() {
         .await;
     assert_eq!(runs.len(), 200, "run ids are unique");
     await_results(&client, gw.addr, &key, runs, Duration::from_secs(90)).await;
+
+    // Every finished run's cost was added to the user's spent counter, once: the budget cap
+    // reads it instead of summing runs.
+    let runs_cost = || async {
+        let docs: Vec<bson::Document> = sb
+            .db
+            .collection::<bson::Document>(schemas::names::collections::RUNS)
+            .find(bson::doc! {"user_id": &user})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(docs.len(), 200);
+        docs.iter()
+            .map(|d| common::wire::int(d.get("billed_micros")))
+            .sum::<i64>()
+    };
+    let total = runs_cost().await;
+    assert!(total >= 200, "every run costs at least a micro: {total}");
+    eventually(
+        Duration::from_secs(10),
+        "spent_micros counts every run",
+        || async {
+            let u = sb
+                .db
+                .collection::<bson::Document>(schemas::names::collections::USERS)
+                .find_one(bson::doc! {"_id": &user})
+                .await
+                .unwrap()
+                .unwrap();
+            (common::wire::int(u.get("spent_micros")) == total).then_some(())
+        },
+    )
+    .await;
 
     gw.stop().await.unwrap();
     d.stop().await.unwrap();

@@ -62,7 +62,7 @@ pub struct Config {
     /// (`WORKER_SPARES`, default 1; 0 turns spares off).
     pub spares: usize,
     /// Runtimes that get a spare of the default size at start (`WORKER_PREWARM`, default
-    /// `python3,node,exec`; empty for none). Other sizes get one after their first cold start.
+    /// `python3,node,exec`; empty or `none` for none). Other sizes get one after their first cold start.
     pub prewarm: Vec<Runtime>,
 }
 
@@ -110,10 +110,14 @@ impl Config {
             return Err(ConfigError::new("WORKER_PREFETCH", "must be at least 1"));
         }
         let default_dir = format!("/var/lib/colorfaas/worker-{worker_id}");
-        let prewarm = config::string(env, None, "WORKER_PREWARM", "python3,node,exec")
+        // Unlike other variables an empty value is meaningful here: it turns prewarming off.
+        let prewarm_raw = env
+            .get("WORKER_PREWARM")
+            .map_or("python3,node,exec", String::as_str);
+        let prewarm = prewarm_raw
             .split(',')
             .map(str::trim)
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && *s != "none")
             .map(|s| {
                 Runtime::parse(s).ok_or_else(|| {
                     ConfigError::new(
@@ -188,6 +192,11 @@ mod tests {
             .to_string()
             .contains("cobol"));
         let env: Env = [("WORKER_PREWARM".to_owned(), "".to_owned())].into();
+        assert!(Config::from_env(&env, &Flags::default())
+            .unwrap()
+            .prewarm
+            .is_empty());
+        let env: Env = [("WORKER_PREWARM".to_owned(), "none".to_owned())].into();
         assert!(Config::from_env(&env, &Flags::default())
             .unwrap()
             .prewarm

@@ -484,7 +484,10 @@ async fn requeue_invocation(inner: &Inner, inv: &InvocationMsg) -> anyhow::Resul
 }
 
 /// Sends the result to the sync caller (if any) first, then to the results exchange with a
-/// publisher confirm.
+/// publisher confirm. Only results with a callback are persistent: they are the callback's sole
+/// record. A plain result only lets dispatchers release the run's allocation, which their
+/// heartbeat reconciliation also does if a broker restart drops it; the run record is written
+/// by this worker either way.
 async fn publish_result(inner: &Inner, inv: &InvocationMsg, r: &ResultMsg) -> anyhow::Result<()> {
     let body = serde_json::to_vec(r).context("encoding the result")?;
     if let Some(reply_to) = &inv.reply_to {
@@ -516,7 +519,8 @@ async fn publish_result(inner: &Inner, inv: &InvocationMsg, r: &ResultMsg) -> an
         &inner.names.results_exchange(),
         key,
         &body,
-        amqp::props("result", true).with_correlation_id(inv.run_id.as_str().into()),
+        amqp::props("result", r.callback_url.is_some())
+            .with_correlation_id(inv.run_id.as_str().into()),
     )
     .await
 }

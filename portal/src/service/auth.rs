@@ -198,6 +198,8 @@ pub async fn register(
         name: name.to_owned(),
         password_hash: hash_password(password).await?,
         balance_micros: st.cfg.free_credit_micros,
+        spent_micros: 0,
+        paid_micros: 0,
         created_at_ms: now_ms(),
     };
     match users(st).insert_one(&user).await {
