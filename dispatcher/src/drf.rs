@@ -110,9 +110,10 @@ impl Task {
 /// and [`Scheduler::remove_worker`] hand back when it stops counting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub user: String,
+    /// Shared with the scheduler's own record: no copy per decision.
+    pub user: Arc<str>,
     pub task: Task,
-    pub worker_id: String,
+    pub worker_id: Arc<str>,
     /// The worker had the task's function key warm when the task was placed.
     pub warm: bool,
 }
@@ -1072,7 +1073,7 @@ impl Scheduler {
                 Decision {
                     user: self.user_finished(e.user, e.task.demand),
                     task: e.task,
-                    worker_id: String::from(&*worker.id),
+                    worker_id: worker.id.clone(),
                     warm: e.warm,
                 }
             })
@@ -1542,14 +1543,14 @@ impl Scheduler {
         let (ticket, task) = user.queue.pop_front().expect("seated user has a head");
         user.alloc = user.alloc.plus(task.demand);
         user.running += 1;
-        let user_id = String::from(&*user.id);
+        let user_id = user.id.clone();
         self.pending -= 1;
         self.reseat(u);
 
         let worker = self.workers[w as usize].as_mut().expect("live worker slot");
         let before = worker.live_free();
         worker.in_flight = worker.in_flight.plus(task.demand);
-        let worker_id = String::from(&*worker.id);
+        let worker_id = worker.id.clone();
         self.worker_changed(w, before);
         let slot = self.add_run(RunningEntry {
             user: u,
@@ -1583,7 +1584,7 @@ impl Scheduler {
             RunState::Reported => worker.reported = worker.reported.minus(e.task.demand),
             RunState::Dropped => {}
         }
-        let worker_id = String::from(&*worker.id);
+        let worker_id = worker.id.clone();
         self.worker_changed(e.worker, before);
         Decision {
             user: self.user_finished(e.user, e.task.demand),
@@ -1650,11 +1651,11 @@ impl Scheduler {
     }
 
     /// Takes a finished task's demand off its user; returns the user id.
-    fn user_finished(&mut self, u: u32, demand: Resources) -> String {
+    fn user_finished(&mut self, u: u32, demand: Resources) -> Arc<str> {
         let user = self.user_mut(u);
         user.alloc = user.alloc.minus(demand);
         user.running = user.running.saturating_sub(1);
-        let id = String::from(&*user.id);
+        let id = user.id.clone();
         if user.seat.is_some() {
             self.reseat(u);
         }
@@ -1757,7 +1758,7 @@ mod tests {
             s.enqueue("a", task(format!("a{i}"), "f", r(1000, 1000, 1000)))
                 .unwrap();
         }
-        let order: Vec<String> = (0..4).map(|_| s.next().unwrap().user).collect();
+        let order: Vec<String> = (0..4).map(|_| s.next().unwrap().user.to_string()).collect();
         // 0 = 0: id. Then a 1/10 vs b 0. Then a 1/10 < b 2/10. Then 2/10 = 2/10 and b runs
         // fewer tasks (1 < 2).
         assert_eq!(order, ["a", "b", "a", "b"]);
@@ -1769,12 +1770,12 @@ mod tests {
         s.upsert_worker("w", r(3000, 6000, 0), [] as [&str; 0]);
         s.enqueue("y", task("y1", "f", r(1000, 0, 0))).unwrap();
         s.enqueue("z", task("z1", "f", r(0, 2000, 0))).unwrap();
-        assert_eq!(s.next().unwrap().user, "y");
-        assert_eq!(s.next().unwrap().user, "z");
+        assert_eq!(&*s.next().unwrap().user, "y");
+        assert_eq!(&*s.next().unwrap().user, "z");
         // Both now hold exactly 1/3 with one task each: the id decides.
         s.enqueue("z", task("z2", "f", r(0, 2000, 0))).unwrap();
         s.enqueue("y", task("y2", "f", r(1000, 0, 0))).unwrap();
-        assert_eq!(s.next().unwrap().user, "y");
+        assert_eq!(&*s.next().unwrap().user, "y");
     }
 
     #[test]
@@ -1801,7 +1802,7 @@ mod tests {
         s.release("b2").unwrap();
         s.release("a1").unwrap();
         let d = s.next().unwrap();
-        assert_eq!((d.user.as_str(), d.task.id.as_str()), ("a", "a2"));
+        assert_eq!((d.user.as_ref(), d.task.id.as_str()), ("a", "a2"));
         assert!(s.next().is_none());
     }
 
@@ -1843,7 +1844,7 @@ mod tests {
             .unwrap();
         let placed: Vec<(String, bool)> = drain(&mut s)
             .into_iter()
-            .map(|d| (d.worker_id, d.warm))
+            .map(|d| (d.worker_id.to_string(), d.warm))
             .collect();
         assert_eq!(
             placed,
@@ -1861,7 +1862,7 @@ mod tests {
         s.upsert_worker("b", r(2000, 2000, 2000), [] as [&str; 0]);
         s.enqueue("u", task("t", "f", r(500, 500, 0))).unwrap();
         // a: min(3500/4000, 500/1000) = 1/2; b: min(1500/2000, 1500/2000) = 3/4.
-        assert_eq!(s.next().unwrap().worker_id, "b");
+        assert_eq!(&*s.next().unwrap().worker_id, "b");
 
         // Equal headroom: the smaller id, whatever the join order.
         let mut s = Scheduler::new();
@@ -1869,7 +1870,7 @@ mod tests {
             s.upsert_worker(id, r(1000, 1000, 1000), [] as [&str; 0]);
         }
         s.enqueue("u", task("t", "f", r(100, 100, 100))).unwrap();
-        assert_eq!(s.next().unwrap().worker_id, "w1");
+        assert_eq!(&*s.next().unwrap().worker_id, "w1");
 
         // Among warm workers, headroom decides too.
         let mut s = Scheduler::new();
@@ -1878,7 +1879,7 @@ mod tests {
         s.upsert_worker("z", r(9000, 9000, 9000), [] as [&str; 0]);
         s.enqueue("u", task("t", "f", r(500, 500, 500))).unwrap();
         let d = s.next().unwrap();
-        assert_eq!((d.worker_id.as_str(), d.warm), ("y", true));
+        assert_eq!((d.worker_id.as_ref(), d.warm), ("y", true));
     }
 
     #[test]
@@ -1898,7 +1899,7 @@ mod tests {
         assert_eq!(lost_ids, ["t0", "t2"]);
         assert!(lost
             .iter()
-            .all(|d| d.worker_id.as_str() == "w1" && d.user.as_str() == "u"));
+            .all(|d| d.worker_id.as_ref() == "w1" && d.user.as_ref() == "u"));
         assert_eq!(s.total_capacity(), r(2000, 2000, 2000));
         assert_eq!(s.user_stats("u").unwrap().allocation, r(2000, 2000, 2000));
         assert_eq!(s.running_count(), 2);
@@ -1906,7 +1907,7 @@ mod tests {
         assert!(s.next().is_none(), "w2 is full and w1 is gone");
         assert!(s.remove_worker("w1").is_empty());
         s.release("t1").unwrap();
-        assert_eq!(s.next().unwrap().worker_id, "w2");
+        assert_eq!(&*s.next().unwrap().worker_id, "w2");
         // A release of a task lost with its worker is unknown now.
         assert!(s.release("t0").is_none());
     }
@@ -1921,7 +1922,7 @@ mod tests {
         assert!(s.next().is_none());
         assert_eq!(s.worker_stats("w").unwrap().in_flight, r(600, 600, 600));
         let rel = s.release("t1").unwrap();
-        assert_eq!((rel.user.as_str(), rel.worker_id.as_str()), ("u", "w"));
+        assert_eq!((rel.user.as_ref(), rel.worker_id.as_ref()), ("u", "w"));
         assert!(s.release("t1").is_none());
         assert!(s.user_stats("u").is_none(), "an idle user is forgotten");
         assert_eq!(
@@ -1959,10 +1960,10 @@ mod tests {
             s.enqueue("u", task(format!("t{i}"), "f", r(1000, 1000, 1000)))
                 .unwrap();
         }
-        assert_eq!(s.next().unwrap().worker_id, "b");
+        assert_eq!(&*s.next().unwrap().worker_id, "b");
         assert!(s.next().is_none());
         s.set_accepting("a", true);
-        assert_eq!(s.next().unwrap().worker_id, "a");
+        assert_eq!(&*s.next().unwrap().worker_id, "a");
     }
 
     fn rt(id: &str, user: &str, demand: Resources) -> RunningTask {
@@ -2028,7 +2029,7 @@ mod tests {
         s.enqueue("x", task("x1", "f", r(100, 100, 100))).unwrap();
         s.enqueue("y", task("y1", "f", r(100, 100, 100))).unwrap();
         let d = s.next().unwrap();
-        assert_eq!((d.user.as_str(), d.warm), ("y", true));
+        assert_eq!((d.user.as_ref(), d.warm), ("y", true));
         // The adopted task ended: forgotten with the beat that stops listing it.
         let hb2 = HeartbeatMsg {
             seq: 2,
@@ -2064,7 +2065,7 @@ mod tests {
         assert!(s.next().is_none());
         s.upsert_worker("v", r(4000, 4000, 4000), ["f"]);
         let d = s.next().unwrap();
-        assert_eq!((d.task.id.as_str(), d.worker_id.as_str()), ("big2", "v"));
+        assert_eq!((d.task.id.as_str(), d.worker_id.as_ref()), ("big2", "v"));
     }
 
     // ------------------------------------------------------------------------------------------
@@ -2196,9 +2197,9 @@ mod tests {
                         },
                     );
                     return Some(Decision {
-                        user: uid,
+                        user: uid.into(),
                         task: t,
-                        worker_id: wid,
+                        worker_id: wid.into(),
                         warm,
                     });
                 }
@@ -2221,9 +2222,9 @@ mod tests {
             }
             self.user_done(&x.user, x.task.demand);
             Some(Decision {
-                user: x.user,
+                user: x.user.into(),
                 task: x.task,
-                worker_id: x.worker,
+                worker_id: x.worker.into(),
                 warm: x.warm,
             })
         }
@@ -2254,9 +2255,9 @@ mod tests {
                     let x = self.running.remove(t).unwrap();
                     self.user_done(&x.user, x.task.demand);
                     Decision {
-                        user: x.user,
+                        user: x.user.into(),
                         task: x.task,
-                        worker_id: x.worker,
+                        worker_id: x.worker.into(),
                         warm: x.warm,
                     }
                 })

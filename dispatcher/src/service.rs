@@ -524,7 +524,7 @@ impl Dispatcher {
             let task = TaskMsg {
                 v: MESSAGE_VERSION,
                 epoch,
-                worker_id: decision.worker_id.clone(),
+                worker_id: decision.worker_id.to_string(),
                 dispatched_at_ms: schemas::now_ms(),
                 invocation: held.inv,
             };
@@ -553,9 +553,9 @@ impl Dispatcher {
                     self.running.insert(run_id.clone());
                     tracing::debug!(
                         run_id,
-                        worker_id = decision.worker_id,
+                        worker_id = &*decision.worker_id,
                         epoch,
-                        user = decision.user,
+                        user = &*decision.user,
                         "dispatched"
                     );
                     // Ack the invocation only once the task is confirmed; pipelined.
