@@ -219,6 +219,36 @@ pub async fn functions(
     Ok(v)
 }
 
+/// The names of the user's functions whose name contains `q` (all when empty), sorted: what
+/// the task page needs, without reading whole function documents.
+pub async fn function_names(
+    db: &Database,
+    user_id: &str,
+    q: &str,
+    limit: i64,
+) -> anyhow::Result<Vec<String>> {
+    let mut filter = doc! {"user_id": user_id};
+    if !q.is_empty() {
+        filter.insert("name", doc! {"$regex": contains(q)});
+    }
+    let docs: Vec<Document> = db
+        .collection::<Document>(collections::FUNCTIONS)
+        .find(filter)
+        .projection(doc! {"name": 1, "_id": 0})
+        .limit(limit)
+        .await
+        .context("listing function names")?
+        .try_collect()
+        .await
+        .context("listing function names")?;
+    let mut v: Vec<String> = docs
+        .iter()
+        .filter_map(|d| common::wire::string(d.get("name")).map(str::to_owned))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// One function of the user by name.
 pub async fn function(
     db: &Database,

@@ -56,16 +56,16 @@ pub(super) fn routes(v: BoxedFilter<(Ctx, Option<Viewer>)>) -> BoxedFilter<(Resp
 
 /// The task page's data: the matching functions' counts and the recent runs.
 pub async fn status_data(c: &Ctx, user_id: &str, q: &str) -> anyhow::Result<Value> {
-    let fns = data::functions(&c.db, user_id, q, data::MAX_FUNCTIONS).await?;
+    let fns = data::function_names(&c.db, user_id, q, data::MAX_FUNCTIONS).await?;
     let counts = c.status.get(&c.db, user_id).await?;
-    let names: Vec<&str> = fns.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<&str> = fns.iter().map(String::as_str).collect();
     let rows: Vec<Value> = fns
         .iter()
         .take(STATUS_ROWS)
-        .map(|f| {
-            let n = counts.get(&f.name).copied().unwrap_or_default();
+        .map(|name| {
+            let n = counts.get(name).copied().unwrap_or_default();
             json!({
-                "name": f.name, "pending": n.pending, "running": n.running, "succeeded": n.succeeded,
+                "name": name, "pending": n.pending, "running": n.running, "succeeded": n.succeeded,
                 "failed": n.failed, "timed_out": n.timed_out, "last_run": n.last_run_at_ms.map(fmt::time),
             })
         })
