@@ -11,10 +11,10 @@
 //!    payment_attempt: null}` → `$set {payment_attempt: A, payment_started_ms}`. Concurrent
 //!    attempts find the bill locked (or paid) and get 409: exactly one proceeds.
 //! 2. **Deduct** in one update of the user: `{_id, balance_micros >= amount, payments ∌ A+, A-}`
-//!    → `$inc {balance_micros: -amount, paid_micros: amount}`, `$push {payments: "A+"}`. The balance can never go
-//!    negative, and the marker `A+` records atomically *that this attempt deducted*. When nothing
-//!    matched because the balance is too low, the bill is unlocked (conditional on `A`) → 402,
-//!    nothing changed.
+//!    → `$inc {balance_micros: -amount, paid_micros: amount}`, `$push {payments: "A+"}`. The
+//!    balance can never go negative, and the marker `A+` records atomically *that this attempt
+//!    deducted*. When nothing matched because the balance is too low, the bill is unlocked
+//!    (conditional on `A`) → 402, nothing changed.
 //! 3. **History** entry with the deterministic id `pay-<bill_id>` (a repeat is a duplicate key,
 //!    ignored).
 //! 4. **Bill → paid**: `{_id, payment_attempt: A}` → `$set {status: "paid", paid_at_ms}`,

@@ -337,22 +337,20 @@ async fn two_hundred_async_invocations_all_succeed() {
 
     // Every finished run's cost was added to the user's spent counter, once: the budget cap
     // reads it instead of summing runs.
-    let runs_cost = || async {
-        let docs: Vec<bson::Document> = sb
-            .db
-            .collection::<bson::Document>(schemas::names::collections::RUNS)
-            .find(bson::doc! {"user_id": &user})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(docs.len(), 200);
-        docs.iter()
-            .map(|d| common::wire::int(d.get("billed_micros")))
-            .sum::<i64>()
-    };
-    let total = runs_cost().await;
+    let docs: Vec<bson::Document> = sb
+        .db
+        .collection::<bson::Document>(schemas::names::collections::RUNS)
+        .find(bson::doc! {"user_id": &user})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 200);
+    let total: i64 = docs
+        .iter()
+        .map(|d| common::wire::int(d.get("billed_micros")))
+        .sum();
     assert!(total >= 200, "every run costs at least a micro: {total}");
     eventually(
         Duration::from_secs(10),

@@ -62,7 +62,8 @@ pub struct Config {
     /// (`WORKER_SPARES`, default 1; 0 turns spares off).
     pub spares: usize,
     /// Runtimes that get a spare of the default size at start (`WORKER_PREWARM`, default
-    /// `python3,node,exec`; empty or `none` for none). Other sizes get one after their first cold start.
+    /// `python3,node,exec`; empty or `none` for none). Other sizes get one after their first
+    /// cold start.
     pub prewarm: Vec<Runtime>,
 }
 

@@ -195,6 +195,15 @@ fn contains(q: &str) -> String {
     s
 }
 
+/// The user's functions whose name contains `q` (all of them when `q` is empty).
+fn functions_filter(user_id: &str, q: &str) -> Document {
+    let mut filter = doc! {"user_id": user_id};
+    if !q.is_empty() {
+        filter.insert("name", doc! {"$regex": contains(q)});
+    }
+    filter
+}
+
 /// The user's functions whose name contains `q` (all when empty), by name, at most `limit`.
 pub async fn functions(
     db: &Database,
@@ -202,13 +211,9 @@ pub async fn functions(
     q: &str,
     limit: i64,
 ) -> anyhow::Result<Vec<FunctionDoc>> {
-    let mut filter = doc! {"user_id": user_id};
-    if !q.is_empty() {
-        filter.insert("name", doc! {"$regex": contains(q)});
-    }
     let mut v: Vec<FunctionDoc> = db
         .collection::<FunctionDoc>(collections::FUNCTIONS)
-        .find(filter)
+        .find(functions_filter(user_id, q))
         .limit(limit)
         .await
         .context("listing functions")?
@@ -227,13 +232,9 @@ pub async fn function_names(
     q: &str,
     limit: i64,
 ) -> anyhow::Result<Vec<String>> {
-    let mut filter = doc! {"user_id": user_id};
-    if !q.is_empty() {
-        filter.insert("name", doc! {"$regex": contains(q)});
-    }
     let docs: Vec<Document> = db
         .collection::<Document>(collections::FUNCTIONS)
-        .find(filter)
+        .find(functions_filter(user_id, q))
         .projection(doc! {"name": 1, "_id": 0})
         .limit(limit)
         .await
