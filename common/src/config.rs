@@ -52,6 +52,45 @@ where
     }
 }
 
+/// Worker threads of a service's async runtime from `env[key]` (`auto` = one per core), else
+/// `default`. Must be at least 1.
+pub fn threads(
+    env: &Env,
+    flag: Option<&str>,
+    key: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let raw = string(env, flag, key, "");
+    let n = match raw.trim() {
+        "" => default,
+        "auto" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        other => other
+            .parse()
+            .map_err(|e| ConfigError::new(key, format!("cannot parse {other:?}: {e}")))?,
+    };
+    if n == 0 {
+        return Err(ConfigError::new(key, "must be at least 1 (or auto)"));
+    }
+    Ok(n)
+}
+
+/// The async runtime a service binary runs on. One thread builds a current-thread runtime:
+/// tasks and I/O are polled on the calling thread, so a message handed from one task to
+/// another never wakes a second thread (the hot paths here are chains of such hand-offs).
+/// More threads build the work-stealing runtime with that many workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
 /// Parses durations like `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
     let raw = raw.trim();
@@ -171,5 +210,38 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("mongodb://127.0.0.1"), "mongodb://127.0.0.1");
+    }
+
+    #[test]
+    fn threads_default_auto_and_errors() {
+        let env: Env = [
+            ("ONE".to_owned(), "1".to_owned()),
+            ("AUTO".to_owned(), "auto".to_owned()),
+            ("ZERO".to_owned(), "0".to_owned()),
+            ("BAD".to_owned(), "many".to_owned()),
+        ]
+        .into();
+        assert_eq!(threads(&env, None, "UNSET", 3).unwrap(), 3);
+        assert_eq!(threads(&env, None, "ONE", 3).unwrap(), 1);
+        assert_eq!(threads(&env, Some("4"), "ONE", 3).unwrap(), 4);
+        assert!(threads(&env, None, "AUTO", 3).unwrap() >= 1);
+        let zero = threads(&env, None, "ZERO", 3).unwrap_err();
+        assert_eq!(zero.key, "ZERO");
+        let bad = threads(&env, None, "BAD", 3).unwrap_err();
+        assert!(bad.reason.contains("many"), "{bad}");
+    }
+
+    #[test]
+    fn one_thread_runs_on_the_caller() {
+        let caller = std::thread::current().id();
+        let rt = runtime(1).unwrap();
+        let ran_on = rt.block_on(async {
+            tokio::spawn(async { std::thread::current().id() })
+                .await
+                .unwrap()
+        });
+        assert_eq!(ran_on, caller);
+        let rt = runtime(2).unwrap();
+        assert_eq!(rt.metrics().num_workers(), 2);
     }
 }

@@ -1,7 +1,8 @@
 //! The batched run-record writer. Hot paths hand it writes over a channel and go on; a single
 //! task groups whatever has queued up into one `insert` and one `update` command per round trip
-//! (group commit: no artificial delay, batches grow with load). Writes are never dropped: a
-//! failed batch is retried with back-off until it lands.
+//! (group commit: batches grow with load; a writer spawned with a linger lets background writes
+//! wait that long for company, since a database's cost is mostly per command, not per document).
+//! Writes are never dropped: a failed batch is retried with back-off until it lands.
 //!
 //! Ordering rules, which make the writes commute:
 //! - `Pending` inserts; a duplicate key (the run already exists) is ignored.
@@ -74,8 +75,22 @@ const MAX_BATCH: usize = 2000;
 impl RunWriter {
     /// Starts the writer task. It ends when every handle is dropped and the queue is drained.
     pub fn spawn(db: Database) -> (RunWriter, tokio::task::JoinHandle<()>) {
+        RunWriter::spawn_with_linger(db, Duration::ZERO)
+    }
+
+    /// Like [`RunWriter::spawn`], but a batch of background writes (no [`write_durable`] or
+    /// [`flush`] waiting on it) waits up to `linger` for more writes before its round trip, so a
+    /// steady trickle shares round trips instead of paying one each. A waiting caller's write
+    /// goes out at once with everything queued before it.
+    ///
+    /// [`write_durable`]: RunWriter::write_durable
+    /// [`flush`]: RunWriter::flush
+    pub fn spawn_with_linger(
+        db: Database,
+        linger: Duration,
+    ) -> (RunWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(100_000);
-        let task = tokio::spawn(run(db, rx));
+        let task = tokio::spawn(run(db, rx, linger));
         (RunWriter { tx }, task)
     }
 
@@ -106,24 +121,34 @@ impl RunWriter {
     }
 }
 
-async fn run(db: Database, mut rx: mpsc::Receiver<Msg>) {
+fn take(m: Msg, batch: &mut Vec<RunWrite>, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match m {
+        Msg::Write(w, done) => {
+            batch.push(w);
+            waiters.extend(done);
+        }
+        Msg::Flush(done) => waiters.push(done),
+    }
+}
+
+async fn run(db: Database, mut rx: mpsc::Receiver<Msg>, linger: Duration) {
     let mut batch: Vec<RunWrite> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut push = |m: Msg, batch: &mut Vec<RunWrite>| match m {
-            Msg::Write(w, done) => {
-                batch.push(w);
-                if let Some(d) = done {
-                    waiters.push(d);
-                }
-            }
-            Msg::Flush(done) => waiters.push(done),
-        };
-        push(first, &mut batch);
+        take(first, &mut batch, &mut waiters);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(m) => push(m, &mut batch),
+                Ok(m) => take(m, &mut batch, &mut waiters),
                 Err(_) => break,
+            }
+        }
+        if !linger.is_zero() {
+            let until = tokio::time::Instant::now() + linger;
+            while waiters.is_empty() && batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(m)) => take(m, &mut batch, &mut waiters),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         let mut backoff = Duration::from_millis(50);

@@ -188,21 +188,8 @@ async fn main() {
     let names = AmqpNames::new(prefix.clone());
     common::amqp::declare_topology(&ch, &names).await.unwrap();
     let mut tasks = fake_worker(&conn, &names, "wbench").await;
-    let env: common::config::Env = [
-        ("COLORFAAS_AMQP_PREFIX".to_owned(), prefix.clone()),
-        ("DISPATCHER_ID".to_owned(), "dbench".to_owned()),
-        (
-            "MONGODB_DB".to_owned(),
-            format!("bench_{}", prefix.replace('-', "_")),
-        ),
-    ]
-    .into();
-    let cfg = dispatcher::Config::from_env(&env, &dispatcher::Flags::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let d = tokio::spawn(dispatcher::run(cfg, listener, async move {
-        let _ = stop_rx.await;
-    }));
+    // The dispatcher binary, on the runtime its configuration gives it, as in production.
+    let mut dispatcher = spawn_dispatcher(&prefix, "dbench");
     // Warm up until the leader dispatches.
     loop {
         publish_inv(&ch, &names, &invocation(0)).await;
@@ -230,8 +217,8 @@ async fn main() {
             hop.record(t.elapsed().as_micros() as u64).unwrap();
         }
     }
-    let _ = stop_tx.send(());
-    let _ = d.await;
+    let _ = dispatcher.kill();
+    let _ = dispatcher.wait();
 
     // Failover, median of 5: SIGKILL the leader, time until the standby's first task.
     let mut failovers = Vec::new();

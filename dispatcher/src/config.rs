@@ -23,6 +23,9 @@ pub struct Flags {
     /// ZooKeeper session timeout [env: DISPATCHER_ZK_SESSION_TIMEOUT; default 2s]
     #[arg(long)]
     pub session_timeout: Option<String>,
+    /// Async runtime threads; 1 = everything on one thread [env: DISPATCHER_THREADS; default 1; `auto` = one per core]
+    #[arg(long)]
+    pub threads: Option<String>,
 }
 
 /// Everything the dispatcher needs to run.
@@ -39,6 +42,8 @@ pub struct Config {
     pub no_worker_grace: Duration,
     /// Missed heartbeats after which a worker is dead.
     pub missed_beats: u32,
+    /// Worker threads of the async runtime (`DISPATCHER_THREADS`); 1 polls everything on one thread.
+    pub threads: usize,
 }
 
 impl Config {
@@ -83,6 +88,8 @@ impl Config {
             no_worker_grace: dur(None, "DISPATCHER_NO_WORKER_GRACE", "10s")?,
             missed_beats: config::parse(env, None, "DISPATCHER_MISSED_BEATS", 3)?,
             id,
+
+            threads: config::threads(env, flags.threads.as_deref(), "DISPATCHER_THREADS", 1)?,
         })
     }
 }

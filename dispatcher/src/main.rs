@@ -2,8 +2,7 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let flags = dispatcher::Flags::parse();
     let env = common::config::process_env();
     common::telemetry::init(&env, "info,lapin=warn,zookeeper=warn");
@@ -14,16 +13,25 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(&cfg.addr).await {
-        Ok(l) => l,
+    let runtime = match common::config::runtime(cfg.threads) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("dispatcher: cannot listen on {}: {e}", cfg.addr);
-            std::process::exit(2);
+            eprintln!("dispatcher: cannot start the async runtime: {e}");
+            std::process::exit(1);
         }
     };
-    if let Err(e) = dispatcher::run(cfg, listener, common::shutdown::signal()).await {
-        tracing::error!(error = %format!("{e:#}"), "dispatcher failed");
-        eprintln!("dispatcher: {e:#}");
-        std::process::exit(1);
-    }
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&cfg.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("dispatcher: cannot listen on {}: {e}", cfg.addr);
+                std::process::exit(2);
+            }
+        };
+        if let Err(e) = dispatcher::run(cfg, listener, common::shutdown::signal()).await {
+            tracing::error!(error = %format!("{e:#}"), "dispatcher failed");
+            eprintln!("dispatcher: {e:#}");
+            std::process::exit(1);
+        }
+    });
 }

@@ -138,7 +138,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!(dispatcher = cfg.id, backends = %cfg.backends, zk = cfg.zk_connect, session_timeout = ?cfg.session_timeout, "dispatcher starting");
+    tracing::info!(dispatcher = cfg.id, backends = %cfg.backends, zk = cfg.zk_connect, session_timeout = ?cfg.session_timeout, threads = cfg.threads, "dispatcher starting");
     let names = cfg.backends.names();
     let db = common::mongo::connect(&cfg.backends.mongodb_uri, &cfg.backends.mongodb_db).await?;
     let (writer, writer_task) = RunWriter::spawn(db.clone());

@@ -397,7 +397,7 @@ async fn start_platform(
         .local_addr()
         .unwrap()
         .port();
-    let genv = component_env(
+    let mut genv = component_env(
         &prefix,
         &db_name,
         &[
@@ -408,6 +408,7 @@ async fn start_platform(
             ("RUST_LOG", "warn".into()),
         ],
     );
+    genv.extend(threads_env("GATEWAY_THREADS"));
     let gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .env_clear()
         .envs(&genv)
@@ -941,13 +942,66 @@ fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A component's runtime built the way its binary builds it (`common::config::runtime` with
+/// the configured threads), driven by a thread of its own until dropped.
+struct ComponentRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ComponentRuntime {
+    fn new(name: &str, threads: usize) -> ComponentRuntime {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = common::config::runtime(threads).unwrap();
+                handle_tx.send(rt.handle().clone()).unwrap();
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_timeout(Duration::from_secs(5));
+            })
+            .unwrap();
+        ComponentRuntime {
+            handle: handle_rx.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ComponentRuntime {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(std::thread::JoinHandle::join);
+    }
+}
+
+/// `{KEY}_THREADS` from this process's environment, else the component's default.
+fn threads_env(key: &str) -> common::config::Env {
+    common::config::process_env()
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .collect()
+}
+
 fn main() {
-    let worker_rt = runtime("cf-worker", 2);
-    let dispatcher_rt = runtime("cf-dispatch", 1);
+    let wthreads = worker::Config::from_env(&threads_env("WORKER_THREADS"), &Default::default())
+        .unwrap()
+        .threads;
+    let dthreads =
+        dispatcher::Config::from_env(&threads_env("DISPATCHER_THREADS"), &Default::default())
+            .unwrap()
+            .threads;
+    let worker_rt = ComponentRuntime::new("cf-worker", wthreads);
+    let dispatcher_rt = ComponentRuntime::new("cf-dispatch", dthreads);
     let client_rt = runtime("cf-client", 2);
-    client_rt.block_on(bench(worker_rt.handle(), dispatcher_rt.handle()));
-    worker_rt.shutdown_timeout(Duration::from_secs(5));
-    dispatcher_rt.shutdown_timeout(Duration::from_secs(5));
+    client_rt.block_on(bench(&worker_rt.handle, &dispatcher_rt.handle));
+    drop(worker_rt);
+    drop(dispatcher_rt);
 }
 
 async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtime::Handle) {
@@ -1028,6 +1082,12 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     out.push(format!(
         "gateway benchmark: no-op python3 function (100 mCPU, 128 MB), worker {} MB, {cores} cores shared by everything",
         env_or("GATEWAY_BENCH_WORKER_MB", 1024u64)
+    ));
+    out.push(format!(
+        "  runtime threads: worker {}, dispatcher {}, gateway {} (WORKER_THREADS, DISPATCHER_THREADS, GATEWAY_THREADS)",
+        worker::Config::from_env(&threads_env("WORKER_THREADS"), &Default::default()).unwrap().threads,
+        dispatcher::Config::from_env(&threads_env("DISPATCHER_THREADS"), &Default::default()).unwrap().threads,
+        gateway::Config::from_env(&threads_env("GATEWAY_THREADS"), &Default::default()).unwrap().threads,
     ));
     out.push(format!(
         "  cold start through the gateway (1 call): {cold_ms:.0} ms"

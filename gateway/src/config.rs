@@ -27,6 +27,9 @@ pub struct Flags {
     /// Instance id, used in the name of its reply queue [env: GATEWAY_ID; default: random]
     #[arg(long)]
     pub id: Option<String>,
+    /// Async runtime threads; 1 = everything on one thread [env: GATEWAY_THREADS; default: one per core]
+    #[arg(long)]
+    pub threads: Option<String>,
 }
 
 /// Everything the gateway needs to run.
@@ -52,6 +55,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// How long shutdown waits for in-flight calls and callbacks.
     pub drain_timeout: Duration,
+    /// Worker threads of the async runtime (`GATEWAY_THREADS`); 1 polls everything on one thread.
+    pub threads: usize,
 }
 
 fn duration(env: &Env, key: &str, default: &str) -> Result<Duration, ConfigError> {
@@ -154,6 +159,13 @@ impl Config {
             sync_grace: duration(env, "GATEWAY_SYNC_GRACE", "2500ms")?,
             max_inflight,
             drain_timeout: duration(env, "GATEWAY_DRAIN_TIMEOUT", "60s")?,
+
+            threads: config::threads(
+                env,
+                flags.threads.as_deref(),
+                "GATEWAY_THREADS",
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )?,
         })
     }
 }

@@ -593,7 +593,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(instance = cfg.instance_id, backends = %cfg.backends, %addr, "gateway starting");
+    tracing::info!(instance = cfg.instance_id, backends = %cfg.backends, %addr, threads = cfg.threads, "gateway starting");
     let db = common::mongo::connect(&cfg.backends.mongodb_uri, &cfg.backends.mongodb_db).await?;
     let indexes = tokio::spawn(ensure_indexes(db.clone()));
     let metrics = Metrics::new();

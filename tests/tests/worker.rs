@@ -153,9 +153,33 @@ async fn failures_are_reported_clearly() {
         )
         .await;
     slow.timeout_ms = 1000;
+    // Accepted as the gateway accepts it; the worker marks it running once it has run 100 ms
+    // (a run that ends sooner is only written when it ends).
+    let mut pending = record(RunStatus::Pending);
+    pending.id = slow.run_id.clone();
+    pending.user_id = slow.user_id.clone();
+    sb.store_runs(&[pending]).await;
+    let runs = sb
+        .db
+        .collection::<RunDoc>(schemas::names::collections::RUNS);
     let t0 = Instant::now();
-    let r = sb.run_task(&w.id, slow.clone()).await;
+    let (r, running) = tokio::join!(sb.run_task(&w.id, slow.clone()), async {
+        eventually(
+            Duration::from_secs(5),
+            "the slow run is marked running",
+            || async {
+                runs.find_one(bson::doc! {"_id": &slow.run_id})
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|d| d.status == RunStatus::Running)
+            },
+        )
+        .await
+    });
     let took = t0.elapsed();
+    assert_eq!(running.worker_id.as_deref(), Some(w.id.as_str()));
+    assert!(running.started_at_ms.is_some());
     assert_eq!(r.status, RunStatus::TimedOut, "{r:?}");
     assert_eq!(r.error.unwrap().code, "timeout");
     assert!(
@@ -595,5 +619,100 @@ async fn spare_containers_take_cold_starts_and_only_ever_hold_one_function() {
         sb.containers_of(&wid).await.is_empty(),
         "no container, spare or not, outlives the worker"
     );
+    sb.cleanup().await;
+}
+
+/// A run record as a worker finishes it (or as the gateway accepts it, when `status` is
+/// pending).
+fn record(status: RunStatus) -> RunDoc {
+    let now = schemas::now_ms();
+    let fin = status.is_final();
+    RunDoc {
+        id: uuid::Uuid::now_v7().to_string(),
+        user_id: "u-linger".into(),
+        function_id: "f1".into(),
+        function: "fn".into(),
+        version: 1,
+        status,
+        args_json: "{}".into(),
+        result_json: fin.then(|| "1".to_owned()),
+        error: None,
+        logs: String::new(),
+        cold_start: false,
+        duration_ms: u64::from(fin),
+        resources: schemas::Resources::new(100, 128, 16),
+        billed_micros: 0,
+        bill_state: BillState::Unbilled,
+        bill_id: None,
+        worker_id: fin.then(|| "w1".to_owned()),
+        epoch: 1,
+        created_at_ms: now,
+        started_at_ms: fin.then_some(now),
+        finished_at_ms: fin.then_some(now),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_writer_lingers_for_background_writes_not_for_waiting_ones() {
+    use common::runstore::{RunWrite, RunWriter};
+    let sb = Sandbox::new("linger").await;
+    let runs = sb
+        .db
+        .collection::<RunDoc>(schemas::names::collections::RUNS);
+    let stored = |id: String| {
+        let runs = runs.clone();
+        async move {
+            runs.find_one(bson::doc! {"_id": id})
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    let linger = Duration::from_secs(3);
+    let (writer, task) = RunWriter::spawn_with_linger(sb.db.clone(), linger);
+
+    // A background write waits for company...
+    let a = record(RunStatus::Succeeded);
+    writer.write(RunWrite::Finished(Box::new(a.clone()))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stored(a.id.clone()).await,
+        "a background write is held for the linger"
+    );
+    // ...but a durable write does not wait, and takes the queued one with it.
+    let b = record(RunStatus::Pending);
+    let t = Instant::now();
+    writer
+        .write_durable(RunWrite::Pending(Box::new(b.clone())))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a durable write waited {:?}",
+        t.elapsed()
+    );
+    assert!(stored(a.id.clone()).await && stored(b.id.clone()).await);
+
+    // A lone background write lands once the linger is over, with nobody flushing.
+    let c = record(RunStatus::Failed);
+    let t = Instant::now();
+    writer.write(RunWrite::Finished(Box::new(c.clone()))).await;
+    eventually(
+        Duration::from_secs(10),
+        "the lingering write lands",
+        || async { stored(c.id.clone()).await.then_some(()) },
+    )
+    .await;
+    assert!(t.elapsed() >= linger - Duration::from_millis(100));
+
+    // Dropping the last handle stores what is left and ends the task.
+    let d = record(RunStatus::Succeeded);
+    writer.write(RunWrite::Finished(Box::new(d.clone()))).await;
+    drop(writer);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the writer ends when its handles are gone")
+        .unwrap();
+    assert!(stored(d.id.clone()).await);
     sb.cleanup().await;
 }

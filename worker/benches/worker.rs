@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use schemas::names::AmqpNames;
 use schemas::{CodeKind, InvocationMsg, Mode, Resources, ResultMsg, Runtime, TaskMsg};
@@ -92,7 +90,6 @@ impl Bench {
             .expect("result in time")
             .unwrap()
             .unwrap();
-        d.ack(BasicAckOptions::default()).await.unwrap();
         let r: ResultMsg = serde_json::from_slice(&d.data).unwrap();
         assert_eq!(r.status, schemas::RunStatus::Succeeded, "{r:?}");
         r
@@ -197,11 +194,16 @@ async fn main() {
         )
         .await
         .unwrap();
+    // Replies are consumed as the gateway consumes them: no acks (the result is received
+    // once the delivery arrives).
     let consumer = ch
         .basic_consume(
             q.name().clone(),
             "".into(),
-            BasicConsumeOptions::default(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await

@@ -40,6 +40,9 @@ pub struct Flags {
     /// Folder for the code cache and agent sockets [env: WORKER_DIR; default /var/lib/colorfaas/worker-<id>]
     #[arg(long)]
     pub dir: Option<String>,
+    /// Async runtime threads; 1 = everything on one thread [env: WORKER_THREADS; default 1; `auto` = one per core]
+    #[arg(long)]
+    pub threads: Option<String>,
 }
 
 /// Everything the worker needs to run.
@@ -65,6 +68,11 @@ pub struct Config {
     /// `python3,node,exec`; empty or `none` for none). Other sizes get one after their first
     /// cold start.
     pub prewarm: Vec<Runtime>,
+    /// How long background run-record writes wait to share a database round trip
+    /// (`WORKER_RECORD_LINGER`, default 5ms; 0 for none).
+    pub record_linger: Duration,
+    /// Worker threads of the async runtime (`WORKER_THREADS`); 1 polls everything on one thread.
+    pub threads: usize,
 }
 
 fn duration(
@@ -145,8 +153,11 @@ impl Config {
             allow_network: config::string(env, None, "WORKER_ALLOW_NETWORK", "0") == "1",
             drain_timeout: duration(env, None, "WORKER_DRAIN_TIMEOUT", "30s")?,
             spares: config::parse(env, None, "WORKER_SPARES", 1)?,
+            record_linger: duration(env, None, "WORKER_RECORD_LINGER", "5ms")?,
             prewarm,
             worker_id,
+
+            threads: config::threads(env, flags.threads.as_deref(), "WORKER_THREADS", 1)?,
         })
     }
 }

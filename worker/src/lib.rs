@@ -47,6 +47,10 @@ use crate::pool::{Grant, WarmPool};
 /// How many recent run ids the worker remembers to run a redelivered task only once.
 const SEEN_RUNS: usize = 100_000;
 
+/// A run still going after this long is recorded as `running`; one that ends sooner is
+/// written once, finished (saves a database write per short invocation).
+const RUNNING_RECORD_AFTER: Duration = Duration::from_millis(100);
+
 /// Pool keys of spare containers start with this (function keys never do: they are ids).
 const SPARE_PREFIX: &str = "spare/";
 
@@ -155,7 +159,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let worker_id = cfg.worker_id.clone();
-    tracing::info!(worker_id, backends = %cfg.backends, capacity = ?cfg.capacity, dir = %cfg.work_dir.display(), "worker starting");
+    tracing::info!(worker_id, backends = %cfg.backends, capacity = ?cfg.capacity, dir = %cfg.work_dir.display(), threads = cfg.threads, "worker starting");
 
     let docker = bollard::Docker::connect_with_defaults().context("connecting to Docker")?;
     docker
@@ -186,7 +190,7 @@ pub async fn run(
     let db = common::mongo::connect(&cfg.backends.mongodb_uri, &cfg.backends.mongodb_db).await?;
     common::mongo::ensure_indexes(&db).await?;
     let prices = Prices::load_or_seed(&db).await?;
-    let (writer, writer_task) = RunWriter::spawn(db.clone());
+    let (writer, writer_task) = RunWriter::spawn_with_linger(db.clone(), cfg.record_linger);
 
     let names = cfg.backends.names();
     let conn = amqp::connect(&cfg.backends.amqp_url, &format!("worker {worker_id}")).await?;
@@ -402,17 +406,28 @@ async fn handle(inner: Arc<Inner>, d: Delivery) {
                 demand: inv.resources,
             },
         );
-    inner
-        .writer
-        .write(RunWrite::Started {
-            run_id: run_id.clone(),
-            worker_id: worker_id.clone(),
-            epoch: task.epoch,
-            started_at_ms,
-        })
-        .await;
-
-    let result = execute(&inner, &task, started_at_ms).await;
+    // A run that ends quickly gets one record, its final one; a longer one is first marked
+    // running (with this worker and epoch), so readers see it moving.
+    let result = {
+        let exec = execute(&inner, &task, started_at_ms);
+        tokio::pin!(exec);
+        tokio::select! {
+            biased;
+            r = &mut exec => r,
+            () = tokio::time::sleep(RUNNING_RECORD_AFTER) => {
+                inner
+                    .writer
+                    .write(RunWrite::Started {
+                        run_id: run_id.clone(),
+                        worker_id: worker_id.clone(),
+                        epoch: task.epoch,
+                        started_at_ms,
+                    })
+                    .await;
+                exec.await
+            }
+        }
+    };
     inner
         .running
         .lock()
