@@ -121,7 +121,7 @@ fn run(case: &Case, round_time: Duration) -> (f64, Option<f64>) {
     // Ids are `u<index>`: no lookup table needed.
     let user_of = |id: &str| -> usize { id[1..].parse().expect("u<index>") };
 
-    let mut window: VecDeque<String> = VecDeque::with_capacity(case.window + 1);
+    let mut window: VecDeque<std::sync::Arc<str>> = VecDeque::with_capacity(case.window + 1);
     let mut step = |s: &mut Scheduler, rng: &mut Rng| -> bool {
         match s.next() {
             Some(d) => {

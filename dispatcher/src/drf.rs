@@ -89,15 +89,20 @@ use schemas::{HeartbeatMsg, Resources, RunningTask};
 /// One invocation to place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
-    /// Unique among the queued and running tasks of the scheduler (the run id).
-    pub id: String,
+    /// Unique among the queued and running tasks of the scheduler (the run id). Shared, like
+    /// the key: the scheduler keeps the task in its own records without copying the strings.
+    pub id: Arc<str>,
     /// `function_id@version`, the key of warm containers.
-    pub function_key: String,
+    pub function_key: Arc<str>,
     pub demand: Resources,
 }
 
 impl Task {
-    pub fn new(id: impl Into<String>, function_key: impl Into<String>, demand: Resources) -> Self {
+    pub fn new(
+        id: impl Into<Arc<str>>,
+        function_key: impl Into<Arc<str>>,
+        demand: Resources,
+    ) -> Self {
         Self {
             id: id.into(),
             function_key: function_key.into(),
@@ -1005,7 +1010,7 @@ impl Scheduler {
             let e = self.runs[slot as usize]
                 .as_mut()
                 .expect("worker's task runs");
-            match (e.state, listed.contains(e.task.id.as_str())) {
+            match (e.state, listed.contains(&*e.task.id)) {
                 (RunState::InFlight, true) => {
                     e.state = RunState::Reported;
                     worker.in_flight = worker.in_flight.minus(e.task.demand);
@@ -1030,7 +1035,7 @@ impl Scheduler {
         for slot in forget {
             let run = self.run(slot);
             let (id, ticket) = (run.task.id.clone(), run.ticket);
-            self.tasks.remove(id.as_str());
+            self.tasks.remove(&*id);
             self.free_tickets.push(ticket);
             self.finish_slot(slot);
         }
@@ -1068,7 +1073,7 @@ impl Scheduler {
                 let e = self.runs[slot as usize].take().expect("worker's task runs");
                 self.free_runs.push(slot);
                 self.running -= 1;
-                self.tasks.remove(e.task.id.as_str());
+                self.tasks.remove(&*e.task.id);
                 self.free_tickets.push(e.ticket);
                 Decision {
                     user: self.user_finished(e.user, e.task.demand),
@@ -1101,10 +1106,10 @@ impl Scheduler {
     /// Appends a task to a user's queue. Refuses a task id already queued or running.
     pub fn enqueue(&mut self, user: &str, task: Task) -> Result<(), EnqueueError> {
         let ticket = self.new_ticket(QUEUED);
-        match self.tasks.entry(Arc::from(task.id.as_str())) {
+        match self.tasks.entry(task.id.clone()) {
             Entry::Occupied(_) => {
                 self.free_tickets.push(ticket);
-                return Err(EnqueueError::DuplicateTaskId(task.id));
+                return Err(EnqueueError::DuplicateTaskId(task.id.to_string()));
             }
             Entry::Vacant(v) => {
                 v.insert(ticket);
@@ -1188,7 +1193,7 @@ impl Scheduler {
             user.queue = keep;
             let name = String::from(&*user.id);
             for (ticket, t) in gone {
-                self.tasks.remove(t.id.as_str());
+                self.tasks.remove(&*t.id);
                 self.free_tickets.push(ticket);
                 self.pending -= 1;
                 out.push((name.clone(), t));
@@ -1698,7 +1703,7 @@ mod tests {
         Resources::new(cpu, mem, disk)
     }
 
-    fn task(id: impl Into<String>, key: &str, demand: Resources) -> Task {
+    fn task(id: impl Into<Arc<str>>, key: &str, demand: Resources) -> Task {
         Task::new(id, key, demand)
     }
 
@@ -1788,21 +1793,24 @@ mod tests {
             s.enqueue("b", task(format!("b{i}"), "f", r(1000, 100, 100)))
                 .unwrap();
         }
-        assert_eq!(s.next().unwrap().task.id, "a1");
+        assert_eq!(&*s.next().unwrap().task.id, "a1");
         // a (1/4) is never above b from now on, but its head needs 3000 and does not fit: b
         // runs.
-        let rest: Vec<String> = drain(&mut s).into_iter().map(|d| d.task.id).collect();
+        let rest: Vec<String> = drain(&mut s)
+            .into_iter()
+            .map(|d| d.task.id.to_string())
+            .collect();
         assert_eq!(rest, ["b0", "b1", "b2"]);
         // Freeing 1000 is not enough for a2; b takes it again.
         s.release("b0").unwrap();
-        assert_eq!(s.next().unwrap().task.id, "b3");
+        assert_eq!(&*s.next().unwrap().task.id, "b3");
         assert!(s.next().is_none());
         // Freeing 3000 lets a, now the lowest share, run its big task.
         s.release("b1").unwrap();
         s.release("b2").unwrap();
         s.release("a1").unwrap();
         let d = s.next().unwrap();
-        assert_eq!((d.user.as_ref(), d.task.id.as_str()), ("a", "a2"));
+        assert_eq!((d.user.as_ref(), &*d.task.id), ("a", "a2"));
         assert!(s.next().is_none());
     }
 
@@ -1826,7 +1834,7 @@ mod tests {
             [("a".to_string(), task("huge", "f", r(6000, 6000, 6000)))]
         );
         assert_eq!(s.pending_count(), 1);
-        assert_eq!(s.next().unwrap().task.id, "tiny");
+        assert_eq!(&*s.next().unwrap().task.id, "tiny");
     }
 
     #[test]
@@ -1895,7 +1903,7 @@ mod tests {
         assert_eq!(placed.len(), 4);
         assert!((s.user_share("u") - 1.0).abs() < 1e-12);
         let lost = s.remove_worker("w1");
-        let lost_ids: Vec<&str> = lost.iter().map(|d| d.task.id.as_str()).collect();
+        let lost_ids: Vec<&str> = lost.iter().map(|d| &*d.task.id).collect();
         assert_eq!(lost_ids, ["t0", "t2"]);
         assert!(lost
             .iter()
@@ -1918,7 +1926,7 @@ mod tests {
         s.upsert_worker("w", r(1000, 1000, 1000), [] as [&str; 0]);
         s.enqueue("u", task("t1", "f", r(600, 600, 600))).unwrap();
         s.enqueue("v", task("t2", "f", r(600, 600, 600))).unwrap();
-        assert_eq!(s.next().unwrap().task.id, "t1");
+        assert_eq!(&*s.next().unwrap().task.id, "t1");
         assert!(s.next().is_none());
         assert_eq!(s.worker_stats("w").unwrap().in_flight, r(600, 600, 600));
         let rel = s.release("t1").unwrap();
@@ -1929,7 +1937,7 @@ mod tests {
             s.worker_stats("w").unwrap().allocated(),
             Resources::default()
         );
-        assert_eq!(s.next().unwrap().task.id, "t2");
+        assert_eq!(&*s.next().unwrap().task.id, "t2");
         assert_eq!(s.user_share("v"), 0.6);
     }
 
@@ -2059,13 +2067,13 @@ mod tests {
         s.enqueue("u", task("big", "f", r(2000, 100, 100))).unwrap();
         assert!(s.next().is_none());
         s.upsert_worker("w", r(2000, 1000, 1000), [] as [&str; 0]);
-        assert_eq!(s.next().unwrap().task.id, "big");
+        assert_eq!(&*s.next().unwrap().task.id, "big");
         s.enqueue("u", task("big2", "f", r(2000, 100, 100)))
             .unwrap();
         assert!(s.next().is_none());
         s.upsert_worker("v", r(4000, 4000, 4000), ["f"]);
         let d = s.next().unwrap();
-        assert_eq!((d.task.id.as_str(), d.worker_id.as_ref()), ("big2", "v"));
+        assert_eq!((&*d.task.id, d.worker_id.as_ref()), ("big2", "v"));
     }
 
     // ------------------------------------------------------------------------------------------
@@ -2128,7 +2136,7 @@ mod tests {
         fn queued(&self, id: &str) -> bool {
             self.users
                 .values()
-                .any(|u| u.queue.iter().any(|t| t.id == id))
+                .any(|u| u.queue.iter().any(|t| &*t.id == id))
         }
 
         fn gc(&mut self, u: &str) {
@@ -2142,7 +2150,7 @@ mod tests {
         }
 
         fn enqueue(&mut self, u: &str, t: Task) -> bool {
-            if self.running.contains_key(&t.id) || self.queued(&t.id) {
+            if self.running.contains_key(&*t.id) || self.queued(&t.id) {
                 return false;
             }
             self.users
@@ -2172,7 +2180,7 @@ mod tests {
                         continue;
                     }
                     let c = (
-                        w.warm.contains(&head.function_key),
+                        w.warm.contains(&*head.function_key),
                         headroom_after(free, arr(w.cap), d),
                         std::cmp::Reverse(wid.clone()),
                     );
@@ -2186,7 +2194,7 @@ mod tests {
                     u.alloc = u.alloc.plus(t.demand);
                     u.running += 1;
                     self.running.insert(
-                        t.id.clone(),
+                        t.id.to_string(),
                         NaiveRun {
                             user: uid.clone(),
                             worker: wid.clone(),

@@ -516,7 +516,7 @@ impl Dispatcher {
     /// Publishes what DRF picks, as long as something fits.
     async fn dispatch(&mut self, epoch: u64) {
         while let Some(decision) = self.sched.next() {
-            let Some(held) = self.held.remove(&decision.task.id) else {
+            let Some(held) = self.held.remove(&*decision.task.id) else {
                 // Not ours to send (it was released meanwhile).
                 let _ = self.sched.release(&decision.task.id);
                 continue;
@@ -610,7 +610,7 @@ impl Dispatcher {
             self.workers.remove(&id);
             let lost = self.sched.remove_worker(&id);
             for d in &lost {
-                self.running.remove(&d.task.id);
+                self.running.remove(&*d.task.id);
             }
             tracing::warn!(
                 worker_id = id,
@@ -636,7 +636,7 @@ impl Dispatcher {
         if leading && !self.workers.is_empty() {
             // Tasks that no live worker can ever hold (e.g. the big worker died) fail fast.
             for (_user, task) in self.sched.drain_unrunnable() {
-                if let Some(h) = self.held.remove(&task.id) {
+                if let Some(h) = self.held.remove(&*task.id) {
                     let msg = "no live worker can hold this function's demand".to_owned();
                     self.fail(&h.inv, codes::PLATFORM_NO_CAPACITY, &msg, 0)
                         .await;
