@@ -1,6 +1,7 @@
 //! Gateway benchmark (a program that prints figures): sync latency and throughput through the
 //! whole pipeline (HTTP → gateway → RabbitMQ → dispatcher → worker → warm container and back),
-//! async acceptance rate, the floor (a direct round trip to a warm agent), and where the time
+//! async acceptance rate (while the pipeline runs what it accepts, and again with the dispatcher
+//! stopped so that accepting is all that happens), the floor (a direct round trip to a warm agent), and where the time
 //! and the CPU go (each hop measured alone; CPU seconds per component).
 //!
 //! The gateway runs as its own process (this package's release binary); the worker and the
@@ -227,6 +228,25 @@ struct Platform {
     gateway_pid: u32,
     gateway_url: String,
     stops: Vec<(&'static str, StopSignal, Running)>,
+    /// The dispatcher's environment (to start it again after stopping it).
+    dispatcher_env: common::config::Env,
+}
+
+/// Starts a dispatcher in-process on `rt`.
+fn spawn_dispatcher(
+    rt: &tokio::runtime::Handle,
+    env: &common::config::Env,
+) -> (StopSignal, Running) {
+    let cfg = dispatcher::Config::from_env(env, &dispatcher::Flags::default()).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        dispatcher::run(cfg, l, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (tx, task)
 }
 
 /// Ends an in-process component.
@@ -381,15 +401,7 @@ async fn start_platform(
     stops.push(("worker", tx, task));
     // The dispatcher, likewise.
     let denv = component_env(&prefix, &db_name, &[("DISPATCHER_ID", format!("dgb{id}"))]);
-    let dcfg = dispatcher::Config::from_env(&denv, &dispatcher::Flags::default()).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = dispatcher_rt.spawn(async move {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        dispatcher::run(dcfg, l, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let (tx, task) = spawn_dispatcher(dispatcher_rt, &denv);
     stops.push(("dispatcher", tx, task));
     // The gateway, as its own process (release binary), rate limits out of the way.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -451,10 +463,38 @@ async fn start_platform(
         gateway_pid,
         gateway_url,
         stops,
+        dispatcher_env: denv,
     }
 }
 
 impl Platform {
+    /// Stops the dispatcher: accepted invocations then wait in RabbitMQ.
+    async fn stop_dispatcher(&mut self) {
+        let i = self
+            .stops
+            .iter()
+            .position(|(name, _, _)| *name == "dispatcher")
+            .expect("a dispatcher runs");
+        let (_, tx, task) = self.stops.remove(i);
+        let _ = tx.send(());
+        let stopped = tokio::time::timeout(Duration::from_secs(60), task).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "the dispatcher stops: {stopped:?}"
+        );
+    }
+
+    /// Starts the dispatcher again and waits until it leads.
+    async fn start_dispatcher(&mut self, rt: &tokio::runtime::Handle) {
+        let (tx, task) = spawn_dispatcher(rt, &self.dispatcher_env);
+        self.stops.push(("dispatcher", tx, task));
+        let iq = self.names.invocations_queue();
+        wait_for("a dispatcher leads again", || async {
+            consumers(&self.conn, &iq).await > 0
+        })
+        .await;
+    }
+
     async fn stop(mut self) {
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
@@ -1012,7 +1052,7 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     let seq: usize = env_or("GATEWAY_BENCH_SEQ", 3000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let p = start_platform(worker_rt, dispatcher_rt).await;
+    let mut p = start_platform(worker_rt, dispatcher_rt).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
@@ -1072,6 +1112,15 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     let direct_elapsed = t0.elapsed().as_secs_f64();
     let b = cpu_sample(p.gateway_pid);
     let direct_cpu = cpu_report(&a, &b, (direct_rate * direct_secs) as u64, direct_elapsed);
+    // 6. Async acceptance again while nothing executes (dispatcher stopped): what accepting alone costs,
+    // the backlog waiting in RabbitMQ; then the dispatcher is back and the backlog runs.
+    p.stop_dispatcher().await;
+    let a = cpu_sample(p.gateway_pid);
+    let burst = load(&client, &url, &p.key, "async", async_clients, async_secs).await;
+    let b = cpu_sample(p.gateway_pid);
+    let burst_cpu = cpu_report(&a, &b, burst.ok, burst.secs);
+    p.start_dispatcher(dispatcher_rt).await;
+    let burst_drained = drain(&client, &p, &url).await;
 
     // Report.
     let rate = tput.ok as f64 / tput.secs;
@@ -1145,6 +1194,16 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     out.push(format!(
         "    MongoDB: one group commit of 64 pending runs took {probe_before:.0} ms with {runs_before_async} runs stored; the backlog then drained in {drained_secs:.1} s"
     ));
+    let burst_rate = burst.ok as f64 / burst.secs;
+    out.push(format!(
+        "  async acceptance while nothing executes (dispatcher stopped, runs wait in RabbitMQ), {async_clients} clients, {:.0} s: {burst_rate:.0} accepted/s, {} errors {:?}; latency p50 {:.2} ms p99 {:.2} ms; the backlog then ran in {burst_drained:.1} s",
+        burst.secs,
+        burst.errors.values().sum::<u64>(),
+        burst.errors,
+        ms(&burst.latency, 0.5),
+        ms(&burst.latency, 0.99)
+    ));
+    out.extend(burst_cpu.iter().map(|l| format!("    {l}")));
     out.push(format!(
         "  sustained sync, {clients} clients, {:.0} s: {rate:.0} invocations/s, {errors} errors {:?} (target >= 1000/s, 0 errors: {}); latency p50 {:.2} ms p99 {:.2} ms",
         tput.secs,
