@@ -10,7 +10,8 @@
 //! and building each task's strings; only successful decisions are counted. Each case runs five
 //! timed rounds after a warm-up and prints the median rate, per wall-clock second and per
 //! CPU-second of this process (from `/proc/self/stat`, meaningful on a machine shared with
-//! other work).
+//! other work). `DRF_BENCH_STEPS=n` runs a fixed amount of work instead (the first case, `n`
+//! steps per round), for comparing instruction counts under `valgrind --tool=callgrind`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -84,7 +85,8 @@ fn decimal(mut n: u64) -> String {
 const ROUNDS: usize = 5;
 
 /// Decisions per wall-clock second and per CPU-second, medians over the rounds.
-fn run(case: &Case, round_time: Duration) -> (f64, Option<f64>) {
+/// `steps`: a fixed number of steps per round instead of `round_time` (for instruction counts).
+fn run(case: &Case, round_time: Duration, steps: Option<u64>) -> (f64, Option<f64>) {
     let mut rng = Rng(0xC010_4FAA_5EED ^ case.users as u64);
     let mut s = Scheduler::new();
     let functions: Vec<Vec<(String, Resources)>> = (0..case.users)
@@ -153,11 +155,13 @@ fn run(case: &Case, round_time: Duration) -> (f64, Option<f64>) {
     for _ in 0..ROUNDS {
         let (start, cpu_start) = (Instant::now(), cpu_time());
         let mut decisions = 0u64;
+        let mut taken = 0u64;
         loop {
             for _ in 0..10_000 {
                 decisions += u64::from(step(&mut s, &mut rng));
             }
-            if start.elapsed() >= round_time {
+            taken += 10_000;
+            if steps.map_or(start.elapsed() >= round_time, |n| taken >= n) {
                 break;
             }
         }
@@ -189,8 +193,18 @@ fn main() {
             window: 600,
         },
     ];
-    for case in &cases {
-        let (wall, cpu) = run(case, round_time);
+    // `DRF_BENCH_STEPS=n`: the first case only, n steps per round, so that a run under
+    // `valgrind --tool=callgrind` counts the same work every time.
+    let steps: Option<u64> = std::env::var("DRF_BENCH_STEPS")
+        .ok()
+        .map(|v| v.parse().expect("DRF_BENCH_STEPS is a number"));
+    let cases = if steps.is_some() {
+        &cases[..1]
+    } else {
+        &cases[..]
+    };
+    for case in cases {
+        let (wall, cpu) = run(case, round_time, steps);
         let per_cpu = cpu.map_or(String::new(), |c| format!(", {c:.0} per CPU-second"));
         let (users, workers) = (case.users, case.workers);
         println!(
