@@ -586,10 +586,17 @@ async fn invoke(
         .headers()
         .get("x-cold-start")
         .is_some_and(|v| v == "true");
-    let _ = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+    let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
     match (mode, status) {
         ("sync", 200) | ("async", 202) => Ok(cold),
-        _ => Err(format!("HTTP {status}")),
+        _ => {
+            // Errors are counted by status and the contract's error code.
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Err(format!("HTTP {status} {code}").trim_end().to_owned())
+        }
     }
 }
 
@@ -1094,6 +1101,15 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     let b = cpu_sample(p.gateway_pid);
     let acc_cpu = cpu_report(&a, &b, acc.ok, acc.secs);
     let drained_secs = drain(&client, &p, &url).await;
+    // 3b. The same while nothing executes (dispatcher stopped): what accepting alone costs,
+    // the backlog waiting in RabbitMQ; then the dispatcher is back and the backlog runs.
+    p.stop_dispatcher().await;
+    let a = cpu_sample(p.gateway_pid);
+    let burst = load(&client, &url, &p.key, "async", async_clients, async_secs).await;
+    let b = cpu_sample(p.gateway_pid);
+    let burst_cpu = cpu_report(&a, &b, burst.ok, burst.secs);
+    p.start_dispatcher(dispatcher_rt).await;
+    let burst_drained = drain(&client, &p, &url).await;
 
     // 4. Sustained sync throughput. Warm several containers first (not measured).
     let _ = load(&client, &url, &p.key, "sync", clients, 3.0).await;
@@ -1112,15 +1128,6 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     let direct_elapsed = t0.elapsed().as_secs_f64();
     let b = cpu_sample(p.gateway_pid);
     let direct_cpu = cpu_report(&a, &b, (direct_rate * direct_secs) as u64, direct_elapsed);
-    // 6. Async acceptance again while nothing executes (dispatcher stopped): what accepting alone costs,
-    // the backlog waiting in RabbitMQ; then the dispatcher is back and the backlog runs.
-    p.stop_dispatcher().await;
-    let a = cpu_sample(p.gateway_pid);
-    let burst = load(&client, &url, &p.key, "async", async_clients, async_secs).await;
-    let b = cpu_sample(p.gateway_pid);
-    let burst_cpu = cpu_report(&a, &b, burst.ok, burst.secs);
-    p.start_dispatcher(dispatcher_rt).await;
-    let burst_drained = drain(&client, &p, &url).await;
 
     // Report.
     let rate = tput.ok as f64 / tput.secs;
