@@ -32,8 +32,12 @@ struct Api {
 impl Api {
     fn new(portal: &Component) -> Api {
         Api {
+            // No pooled connections: after answering an oversized upload early (413) the
+            // server closes the connection while the client may still be writing the body,
+            // and a request sent next on that pooled connection fails with a broken pipe.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
             base: portal_url(portal, "/api/v1"),
