@@ -88,7 +88,6 @@ impl Config {
             no_worker_grace: dur(None, "DISPATCHER_NO_WORKER_GRACE", "10s")?,
             missed_beats: config::parse(env, None, "DISPATCHER_MISSED_BEATS", 3)?,
             id,
-
             threads: config::threads(env, flags.threads.as_deref(), "DISPATCHER_THREADS", 1)?,
         })
     }

@@ -159,7 +159,6 @@ impl Config {
             sync_grace: duration(env, "GATEWAY_SYNC_GRACE", "2500ms")?,
             max_inflight,
             drain_timeout: duration(env, "GATEWAY_DRAIN_TIMEOUT", "60s")?,
-
             threads: config::threads(
                 env,
                 flags.threads.as_deref(),

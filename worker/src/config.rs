@@ -156,7 +156,6 @@ impl Config {
             record_linger: duration(env, None, "WORKER_RECORD_LINGER", "5ms")?,
             prewarm,
             worker_id,
-
             threads: config::threads(env, flags.threads.as_deref(), "WORKER_THREADS", 1)?,
         })
     }
