@@ -333,9 +333,17 @@ impl Containers {
                 tracing::warn!(container = id, error = %e, "removing a container failed");
             }
         }
-        self.remove_dirs(name);
+        // The code folder may hold a large tree: removed off the async thread (the worker's
+        // runtime is single-threaded by default).
+        let (sock_dir, slot_dir) = self.dirs(name);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(sock_dir);
+            let _ = std::fs::remove_dir_all(slot_dir);
+        })
+        .await;
     }
 
+    /// Removes the folders of a container that did not start (they are still empty).
     fn remove_dirs(&self, name: &str) {
         let (sock_dir, slot_dir) = self.dirs(name);
         let _ = std::fs::remove_dir_all(sock_dir);
