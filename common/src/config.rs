@@ -74,23 +74,6 @@ pub fn threads(
     Ok(n)
 }
 
-/// The async runtime a service binary runs on. One thread builds a current-thread runtime:
-/// tasks and I/O are polled on the calling thread, so a message handed from one task to
-/// another never wakes a second thread (the hot paths here are chains of such hand-offs).
-/// More threads build the work-stealing runtime with that many workers.
-pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-}
-
 /// Parses durations like `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
     let raw = raw.trim();
@@ -229,19 +212,5 @@ mod tests {
         assert_eq!(zero.key, "ZERO");
         let bad = threads(&env, None, "BAD", 3).unwrap_err();
         assert!(bad.reason.contains("many"), "{bad}");
-    }
-
-    #[test]
-    fn one_thread_runs_on_the_caller() {
-        let caller = std::thread::current().id();
-        let rt = runtime(1).unwrap();
-        let ran_on = rt.block_on(async {
-            tokio::spawn(async { std::thread::current().id() })
-                .await
-                .unwrap()
-        });
-        assert_eq!(ran_on, caller);
-        let rt = runtime(2).unwrap();
-        assert_eq!(rt.metrics().num_workers(), 2);
     }
 }

@@ -1,6 +1,7 @@
 //! Plumbing every Color FaaS service shares: configuration from an injected environment map,
-//! tracing, shutdown signals, MongoDB and RabbitMQ connections and topology, pricing, the code
-//! store, the batched run-record writer, the JSON error body and Prometheus text.
+//! tracing, shutdown signals, the binaries' runtime and serve loop, MongoDB and RabbitMQ
+//! connections and topology, pricing, the code store, the batched run-record writer, the JSON
+//! error body and Prometheus text.
 
 pub mod amqp;
 pub mod codestore;
@@ -12,6 +13,7 @@ pub mod mongo;
 pub mod ops;
 pub mod pricing;
 pub mod runstore;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod wire;

@@ -13,25 +13,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match common::config::runtime(cfg.threads) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("dispatcher: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&cfg.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("dispatcher: cannot listen on {}: {e}", cfg.addr);
-                std::process::exit(2);
-            }
-        };
-        if let Err(e) = dispatcher::run(cfg, listener, common::shutdown::signal()).await {
-            tracing::error!(error = %format!("{e:#}"), "dispatcher failed");
-            eprintln!("dispatcher: {e:#}");
-            std::process::exit(1);
-        }
+    let addr = cfg.addr.clone();
+    common::service::serve("dispatcher", cfg.threads, &addr, |listener| {
+        dispatcher::run(cfg, listener, common::shutdown::signal())
     });
 }

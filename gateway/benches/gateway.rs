@@ -989,7 +989,7 @@ fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A component's runtime built the way its binary builds it (`common::config::runtime` with
+/// A component's runtime built the way its binary builds it (`common::service::runtime` with
 /// the configured threads), driven by a thread of its own until dropped.
 struct ComponentRuntime {
     handle: tokio::runtime::Handle,
@@ -1004,7 +1004,7 @@ impl ComponentRuntime {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                let rt = common::config::runtime(threads).unwrap();
+                let rt = common::service::runtime(threads).unwrap();
                 handle_tx.send(rt.handle().clone()).unwrap();
                 rt.block_on(async {
                     let _ = stopped.await;

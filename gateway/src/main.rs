@@ -14,25 +14,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match common::config::runtime(cfg.threads) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("gateway: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&cfg.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("gateway: cannot listen on {}: {e}", cfg.addr);
-                std::process::exit(2);
-            }
-        };
-        if let Err(e) = gateway::run(cfg, listener, common::shutdown::signal()).await {
-            tracing::error!(error = %format!("{e:#}"), "gateway failed");
-            eprintln!("gateway: {e:#}");
-            std::process::exit(1);
-        }
+    let addr = cfg.addr.clone();
+    common::service::serve("gateway", cfg.threads, &addr, |listener| {
+        gateway::run(cfg, listener, common::shutdown::signal())
     });
 }

@@ -3,8 +3,7 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let flags = portal::Flags::parse();
     let env = common::config::process_env();
     common::telemetry::init(&env, "info,lapin=warn");
@@ -15,16 +14,11 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(&cfg.addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("portal: cannot listen on {}: {e}", cfg.addr);
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = portal::run(cfg, listener, common::shutdown::signal()).await {
-        tracing::error!(error = %format!("{e:#}"), "portal failed");
-        eprintln!("portal: {e:#}");
-        std::process::exit(1);
-    }
+    let addr = cfg.addr.clone();
+    common::service::serve(
+        "portal",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        &addr,
+        |listener| portal::run(cfg, listener, common::shutdown::signal()),
+    );
 }
