@@ -232,21 +232,36 @@ struct Platform {
     dispatcher_env: common::config::Env,
 }
 
+/// Starts a component in-process on `rt`: `run` gets a listener on a free port and the future
+/// that the returned [`StopSignal`] resolves.
+fn spawn_component<F, Fut>(rt: &tokio::runtime::Handle, run: F) -> (StopSignal, Running)
+where
+    F: FnOnce(tokio::net::TcpListener, futures::future::BoxFuture<'static, ()>) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        run(
+            l,
+            Box::pin(async move {
+                let _ = rx.await;
+            }),
+        )
+        .await
+    });
+    (tx, task)
+}
+
 /// Starts a dispatcher in-process on `rt`.
 fn spawn_dispatcher(
     rt: &tokio::runtime::Handle,
     env: &common::config::Env,
 ) -> (StopSignal, Running) {
     let cfg = dispatcher::Config::from_env(env, &dispatcher::Flags::default()).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(async move {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        dispatcher::run(cfg, l, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    (tx, task)
+    spawn_component(rt, move |l, stop| dispatcher::run(cfg, l, stop))
 }
 
 /// Ends an in-process component.
@@ -305,6 +320,7 @@ where
 async fn start_platform(
     worker_rt: &tokio::runtime::Handle,
     dispatcher_rt: &tokio::runtime::Handle,
+    gateway_threads: usize,
 ) -> Platform {
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("bench-gw-{id}");
@@ -390,14 +406,7 @@ async fn start_platform(
         ],
     );
     let wcfg = worker::Config::from_env(&wenv, &worker::Flags::default()).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = worker_rt.spawn(async move {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        worker::run(wcfg, l, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let (tx, task) = spawn_component(worker_rt, move |l, stop| worker::run(wcfg, l, stop));
     stops.push(("worker", tx, task));
     // The dispatcher, likewise.
     let denv = component_env(&prefix, &db_name, &[("DISPATCHER_ID", format!("dgb{id}"))]);
@@ -420,7 +429,7 @@ async fn start_platform(
             ("RUST_LOG", "warn".into()),
         ],
     );
-    genv.extend(threads_env("GATEWAY_THREADS"));
+    genv.insert("GATEWAY_THREADS".to_owned(), gateway_threads.to_string());
     let gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .env_clear()
         .envs(&genv)
@@ -1027,31 +1036,63 @@ impl Drop for ComponentRuntime {
     }
 }
 
-/// `{KEY}_THREADS` from this process's environment, else the component's default.
-fn threads_env(key: &str) -> common::config::Env {
-    common::config::process_env()
-        .into_iter()
-        .filter(|(k, _)| k == key)
+/// Runtime threads of the components, from this process's environment (`WORKER_THREADS`,
+/// `DISPATCHER_THREADS`, `GATEWAY_THREADS`) through each component's own configuration.
+struct Threads {
+    worker: usize,
+    dispatcher: usize,
+    gateway: usize,
+}
+
+impl Threads {
+    fn from_process_env() -> Threads {
+        let env = common::config::process_env();
+        Threads {
+            worker: worker::Config::from_env(
+                &threads_env(&env, "WORKER_THREADS"),
+                &Default::default(),
+            )
+            .unwrap()
+            .threads,
+            dispatcher: dispatcher::Config::from_env(
+                &threads_env(&env, "DISPATCHER_THREADS"),
+                &Default::default(),
+            )
+            .unwrap()
+            .threads,
+            gateway: gateway::Config::from_env(
+                &threads_env(&env, "GATEWAY_THREADS"),
+                &Default::default(),
+            )
+            .unwrap()
+            .threads,
+        }
+    }
+}
+
+/// Only `key` of `env` (the other variables would configure the component otherwise).
+fn threads_env(env: &common::config::Env, key: &str) -> common::config::Env {
+    env.iter()
+        .filter(|(k, _)| *k == key)
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
 fn main() {
-    let wthreads = worker::Config::from_env(&threads_env("WORKER_THREADS"), &Default::default())
-        .unwrap()
-        .threads;
-    let dthreads =
-        dispatcher::Config::from_env(&threads_env("DISPATCHER_THREADS"), &Default::default())
-            .unwrap()
-            .threads;
-    let worker_rt = ComponentRuntime::new("cf-worker", wthreads);
-    let dispatcher_rt = ComponentRuntime::new("cf-dispatch", dthreads);
+    let threads = Threads::from_process_env();
+    let worker_rt = ComponentRuntime::new("cf-worker", threads.worker);
+    let dispatcher_rt = ComponentRuntime::new("cf-dispatch", threads.dispatcher);
     let client_rt = runtime("cf-client", 2);
-    client_rt.block_on(bench(&worker_rt.handle, &dispatcher_rt.handle));
+    client_rt.block_on(bench(&worker_rt.handle, &dispatcher_rt.handle, &threads));
     drop(worker_rt);
     drop(dispatcher_rt);
 }
 
-async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtime::Handle) {
+async fn bench(
+    worker_rt: &tokio::runtime::Handle,
+    dispatcher_rt: &tokio::runtime::Handle,
+    threads: &Threads,
+) {
     let secs: f64 = env_or("GATEWAY_BENCH_SECS", 60.0);
     let clients: usize = env_or("GATEWAY_BENCH_CLIENTS", 32);
     let async_secs: f64 = env_or("GATEWAY_BENCH_ASYNC_SECS", 10.0);
@@ -1059,7 +1100,7 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     let seq: usize = env_or("GATEWAY_BENCH_SEQ", 3000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let mut p = start_platform(worker_rt, dispatcher_rt).await;
+    let mut p = start_platform(worker_rt, dispatcher_rt, threads.gateway).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
@@ -1141,9 +1182,7 @@ async fn bench(worker_rt: &tokio::runtime::Handle, dispatcher_rt: &tokio::runtim
     ));
     out.push(format!(
         "  runtime threads: worker {}, dispatcher {}, gateway {} (WORKER_THREADS, DISPATCHER_THREADS, GATEWAY_THREADS)",
-        worker::Config::from_env(&threads_env("WORKER_THREADS"), &Default::default()).unwrap().threads,
-        dispatcher::Config::from_env(&threads_env("DISPATCHER_THREADS"), &Default::default()).unwrap().threads,
-        gateway::Config::from_env(&threads_env("GATEWAY_THREADS"), &Default::default()).unwrap().threads,
+        threads.worker, threads.dispatcher, threads.gateway,
     ));
     out.push(format!(
         "  cold start through the gateway (1 call): {cold_ms:.0} ms"
