@@ -374,6 +374,36 @@ where
     (tx, tokio::spawn(f(shutdown)))
 }
 
+/// A run of `user_id`; final ones finished a minute ago, costing `billed` micros.
+pub fn run_doc(user_id: &str, status: schemas::RunStatus, billed: i64) -> schemas::RunDoc {
+    let now = schemas::now_ms();
+    let fin = status.is_final();
+    let n = uuid::Uuid::new_v4().as_u128();
+    schemas::RunDoc {
+        id: uuid::Uuid::now_v7().to_string(),
+        user_id: user_id.to_owned(),
+        function_id: "f1".into(),
+        function: format!("fn-{}", n % 3),
+        version: 1,
+        status,
+        args_json: "{}".into(),
+        result_json: None,
+        error: None,
+        logs: String::new(),
+        cold_start: false,
+        duration_ms: if fin { 1 + (n % 5000) as u64 } else { 0 },
+        resources: Resources::new(500, 128, 64),
+        billed_micros: if fin { billed } else { 0 },
+        bill_state: schemas::BillState::Unbilled,
+        bill_id: None,
+        worker_id: Some("w1".into()),
+        epoch: 1,
+        created_at_ms: now - 120_000,
+        started_at_ms: fin.then_some(now - 90_000),
+        finished_at_ms: fin.then_some(now - 60_000 + (n % 1000) as i64),
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use schemas::{BillState, RunDoc, RunStatus, Runtime};
-use tests::{eventually, Sandbox};
+use tests::{eventually, run_doc, Sandbox};
 
 const ADDER_PY: &str = r#"
 import json
@@ -155,9 +155,8 @@ async fn failures_are_reported_clearly() {
     slow.timeout_ms = 1000;
     // Accepted as the gateway accepts it; the worker marks it running once it has run 100 ms
     // (a run that ends sooner is only written when it ends).
-    let mut pending = record(RunStatus::Pending);
+    let mut pending = run_doc(&slow.user_id, RunStatus::Pending, 0);
     pending.id = slow.run_id.clone();
-    pending.user_id = slow.user_id.clone();
     sb.store_runs(&[pending]).await;
     let runs = sb
         .db
@@ -622,36 +621,6 @@ async fn spare_containers_take_cold_starts_and_only_ever_hold_one_function() {
     sb.cleanup().await;
 }
 
-/// A run record as a worker finishes it (or as the gateway accepts it, when `status` is
-/// pending).
-fn record(status: RunStatus) -> RunDoc {
-    let now = schemas::now_ms();
-    let fin = status.is_final();
-    RunDoc {
-        id: uuid::Uuid::now_v7().to_string(),
-        user_id: "u-linger".into(),
-        function_id: "f1".into(),
-        function: "fn".into(),
-        version: 1,
-        status,
-        args_json: "{}".into(),
-        result_json: fin.then(|| "1".to_owned()),
-        error: None,
-        logs: String::new(),
-        cold_start: false,
-        duration_ms: u64::from(fin),
-        resources: schemas::Resources::new(100, 128, 16),
-        billed_micros: 0,
-        bill_state: BillState::Unbilled,
-        bill_id: None,
-        worker_id: fin.then(|| "w1".to_owned()),
-        epoch: 1,
-        created_at_ms: now,
-        started_at_ms: fin.then_some(now),
-        finished_at_ms: fin.then_some(now),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_writer_lingers_for_background_writes_not_for_waiting_ones() {
     use common::runstore::{RunWrite, RunWriter};
@@ -672,7 +641,7 @@ async fn the_run_writer_lingers_for_background_writes_not_for_waiting_ones() {
     let (writer, task) = RunWriter::spawn_with_linger(sb.db.clone(), linger);
 
     // A background write waits for company...
-    let a = record(RunStatus::Succeeded);
+    let a = run_doc("u-linger", RunStatus::Succeeded, 0);
     writer.write(RunWrite::Finished(Box::new(a.clone()))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -680,7 +649,7 @@ async fn the_run_writer_lingers_for_background_writes_not_for_waiting_ones() {
         "a background write is held for the linger"
     );
     // ...but a durable write does not wait, and takes the queued one with it.
-    let b = record(RunStatus::Pending);
+    let b = run_doc("u-linger", RunStatus::Pending, 0);
     let t = Instant::now();
     writer
         .write_durable(RunWrite::Pending(Box::new(b.clone())))
@@ -694,7 +663,7 @@ async fn the_run_writer_lingers_for_background_writes_not_for_waiting_ones() {
     assert!(stored(a.id.clone()).await && stored(b.id.clone()).await);
 
     // A lone background write lands once the linger is over, with nobody flushing.
-    let c = record(RunStatus::Failed);
+    let c = run_doc("u-linger", RunStatus::Failed, 0);
     let t = Instant::now();
     writer.write(RunWrite::Finished(Box::new(c.clone()))).await;
     eventually(
@@ -706,7 +675,7 @@ async fn the_run_writer_lingers_for_background_writes_not_for_waiting_ones() {
     assert!(t.elapsed() >= linger - Duration::from_millis(100));
 
     // Dropping the last handle stores what is left and ends the task.
-    let d = record(RunStatus::Succeeded);
+    let d = run_doc("u-linger", RunStatus::Succeeded, 0);
     writer.write(RunWrite::Finished(Box::new(d.clone()))).await;
     drop(writer);
     tokio::time::timeout(Duration::from_secs(10), task)
