@@ -2,7 +2,8 @@
 //! whole pipeline (HTTP → gateway → RabbitMQ → dispatcher → worker → warm container and back),
 //! async acceptance rate (while the pipeline runs what it accepts, and again with the dispatcher
 //! stopped so that accepting is all that happens), the floor (a direct round trip to a warm agent), and where the time
-//! and the CPU go (each hop measured alone; CPU seconds per component).
+//! and the CPU go (each hop measured alone; CPU seconds per component; what an async acceptance
+//! waited on, from the gateway's own stage histograms).
 //!
 //! The gateway runs as its own process (this package's release binary); the worker and the
 //! dispatcher run in this process on runtimes of their own, so their CPU can be told apart.
@@ -942,6 +943,57 @@ async fn insert_probe(p: &Platform) -> f64 {
     took
 }
 
+/// Sums and counts of the gateway's two acceptance-stage histograms, read from its `/metrics`:
+/// publish → broker confirm, and an async run's pending-record write.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stages {
+    publish: (f64, f64),
+    record: (f64, f64),
+}
+
+async fn stages(client: &reqwest::Client, p: &Platform) -> Stages {
+    let text = client
+        .get(format!("{}/metrics", p.gateway_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Stages {
+        publish: (
+            value("colorfaas_gateway_publish_confirm_seconds_sum"),
+            value("colorfaas_gateway_publish_confirm_seconds_count"),
+        ),
+        record: (
+            value("colorfaas_gateway_pending_record_seconds_sum"),
+            value("colorfaas_gateway_pending_record_seconds_count"),
+        ),
+    }
+}
+
+/// The mean wait of each stage between two readings, as a report line.
+fn stage_report(a: Stages, b: Stages) -> String {
+    let mean = |x: (f64, f64), y: (f64, f64)| {
+        let n = y.1 - x.1;
+        if n > 0.0 {
+            format!("{:.2} ms", (y.0 - x.0) / n * 1000.0)
+        } else {
+            "-".to_owned()
+        }
+    };
+    format!(
+        "acceptance waited (both at once; the slower sets the latency): broker confirm {} mean, pending record stored {} mean",
+        mean(a.publish, b.publish),
+        mean(a.record, b.record)
+    )
+}
+
 /// The number of run records stored.
 async fn runs_stored(p: &Platform) -> u64 {
     p.db.collection::<bson::Document>(collections::RUNS)
@@ -1137,17 +1189,21 @@ async fn bench(
     // 3. Async acceptance, then let the backlog it leaves run (not measured).
     let runs_before_async = runs_stored(&p).await;
     let probe_before = insert_probe(&p).await;
+    let s0 = stages(&client, &p).await;
     let a = cpu_sample(p.gateway_pid);
     let acc = load(&client, &url, &p.key, "async", async_clients, async_secs).await;
     let b = cpu_sample(p.gateway_pid);
+    let acc_stages = stage_report(s0, stages(&client, &p).await);
     let acc_cpu = cpu_report(&a, &b, acc.ok, acc.secs);
     let drained_secs = drain(&client, &p, &url).await;
     // 3b. The same while nothing executes (dispatcher stopped): what accepting alone costs,
     // the backlog waiting in RabbitMQ; then the dispatcher is back and the backlog runs.
     p.stop_dispatcher().await;
+    let s0 = stages(&client, &p).await;
     let a = cpu_sample(p.gateway_pid);
     let burst = load(&client, &url, &p.key, "async", async_clients, async_secs).await;
     let b = cpu_sample(p.gateway_pid);
+    let burst_stages = stage_report(s0, stages(&client, &p).await);
     let burst_cpu = cpu_report(&a, &b, burst.ok, burst.secs);
     p.start_dispatcher(dispatcher_rt).await;
     let burst_drained = drain(&client, &p, &url).await;
@@ -1236,6 +1292,7 @@ async fn bench(
         "    accepted/s by tenth of the run: {}",
         windows(&acc)
     ));
+    out.push(format!("    {acc_stages}"));
     out.extend(acc_cpu.iter().map(|l| format!("    {l}")));
     out.push(format!(
         "    MongoDB: one group commit of 64 pending runs took {probe_before:.0} ms with {runs_before_async} runs stored; the backlog then drained in {drained_secs:.1} s"
@@ -1249,6 +1306,7 @@ async fn bench(
         ms(&burst.latency, 0.5),
         ms(&burst.latency, 0.99)
     ));
+    out.push(format!("    {burst_stages}"));
     out.extend(burst_cpu.iter().map(|l| format!("    {l}")));
     out.push(format!(
         "  sustained sync, {clients} clients, {:.0} s: {rate:.0} invocations/s, {errors} errors {:?} (target >= 1000/s, 0 errors: {}); latency p50 {:.2} ms p99 {:.2} ms",

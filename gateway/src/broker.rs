@@ -169,7 +169,10 @@ impl Broker {
             &body,
             common::amqp::props("invocation", true),
         );
-        match tokio::time::timeout(self.publish_timeout, publish).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.publish_timeout, publish).await;
+        self.metrics.publish_waited(started.elapsed());
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(PublishError::Failed(format!("{e:#}"))),
             Err(_) => Err(PublishError::Timeout(self.publish_timeout)),

@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use common::runstore::{pending_doc, RunWrite, RunWriter};
@@ -421,11 +421,17 @@ impl State {
         if !self.broker.is_connected() {
             return Err(Self::unavailable(&PublishError::NotConnected));
         }
-        let write = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.writer
-                .write_durable(RunWrite::Pending(Box::new(pending_doc(&inv)))),
-        );
+        let write = async {
+            let started = Instant::now();
+            let written = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.writer
+                    .write_durable(RunWrite::Pending(Box::new(pending_doc(&inv)))),
+            )
+            .await;
+            self.metrics.record_waited(started.elapsed());
+            written
+        };
         let (published, written) = tokio::join!(self.broker.publish_invocation(&inv), write);
         if let Err(e) = published {
             tracing::warn!(run_id = inv.run_id, error = %e, "an async invocation was not published");

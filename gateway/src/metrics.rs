@@ -1,5 +1,7 @@
-//! The gateway's metrics: requests by route and status, a request latency histogram, accepted
-//! invocations, callbacks and the RabbitMQ connection, rendered as Prometheus text.
+//! The gateway's metrics: requests by route and status, a request latency histogram, the two
+//! stages an invocation waits on before it is accepted (the broker's publish confirm, the pending
+//! record's write), accepted invocations, callbacks and the RabbitMQ connection, rendered as
+//! Prometheus text.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +52,8 @@ impl Histogram {
 pub struct Metrics {
     registry: Registry,
     latency: Arc<Histogram>,
+    publish: Arc<Histogram>,
+    record: Arc<Histogram>,
     pub amqp_connected: Value,
     pub amqp_reconnects: Value,
     pub sync_waiting: Value,
@@ -81,6 +85,8 @@ impl Metrics {
                 &[],
             ),
             latency: Arc::default(),
+            publish: Arc::default(),
+            record: Arc::default(),
             registry,
         }
     }
@@ -95,6 +101,16 @@ impl Metrics {
             )
             .inc();
         self.latency.observe(elapsed);
+    }
+
+    /// One invocation published and confirmed by the broker (or not, within the timeout).
+    pub fn publish_waited(&self, elapsed: Duration) {
+        self.publish.observe(elapsed);
+    }
+
+    /// One pending run record an async acceptance waited to be stored.
+    pub fn record_waited(&self, elapsed: Duration) {
+        self.record.observe(elapsed);
     }
 
     /// One accepted invocation.
@@ -129,6 +145,16 @@ impl Metrics {
         self.latency.render(
             "colorfaas_gateway_request_duration_seconds",
             "HTTP request latency",
+            &mut out,
+        );
+        self.publish.render(
+            "colorfaas_gateway_publish_confirm_seconds",
+            "from publishing an invocation to the broker's confirm",
+            &mut out,
+        );
+        self.record.render(
+            "colorfaas_gateway_pending_record_seconds",
+            "from queueing an async run's pending record to its write being stored",
             &mut out,
         );
         out
@@ -172,6 +198,16 @@ mod tests {
         assert!(text.contains("colorfaas_gateway_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("colorfaas_gateway_request_duration_seconds_count 3"));
         assert!(text.contains("colorfaas_gateway_invocations_total{mode=\"async\"} 1"));
+        // The acceptance stages are their own histograms.
+        m.publish_waited(Duration::from_micros(1500));
+        m.record_waited(Duration::from_millis(40));
+        let text = m.render();
+        assert!(text.contains("colorfaas_gateway_publish_confirm_seconds_bucket{le=\"0.001\"} 0"));
+        assert!(text.contains("colorfaas_gateway_publish_confirm_seconds_bucket{le=\"0.0025\"} 1"));
+        assert!(text.contains("colorfaas_gateway_publish_confirm_seconds_sum 0.0015"));
+        assert!(text.contains("colorfaas_gateway_pending_record_seconds_bucket{le=\"0.025\"} 0"));
+        assert!(text.contains("colorfaas_gateway_pending_record_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("colorfaas_gateway_pending_record_seconds_count 1"));
         assert_eq!(route_label("/v1/invoke/adder"), "invoke");
         assert_eq!(route_label("/nope"), "other");
     }

@@ -896,6 +896,21 @@ async fn async_is_202_with_location_and_the_run_is_visible_at_once() {
     assert_eq!(inv.reply_to, None);
     assert_eq!(inv.callback_url.as_deref(), Some("http://127.0.0.1:9/hook"));
     assert_eq!(inv.timeout_ms, f.timeout_ms);
+    // The acceptance waited for the pending record and for the broker, and /metrics says so.
+    let metrics = http()
+        .get(url(&gw, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for waited in [
+        "colorfaas_gateway_pending_record_seconds_count 1",
+        "colorfaas_gateway_publish_confirm_seconds_count 1",
+    ] {
+        assert!(metrics.contains(waited), "{waited} in {metrics}");
+    }
 
     // X-Invocation-Type overrides the function's mode: a sync call carries a reply queue.
     let sync_override = tokio::spawn({
@@ -1150,6 +1165,12 @@ async fn many_concurrent_sync_calls_each_get_their_own_result() {
     );
     assert!(metrics.contains("colorfaas_gateway_invocations_total{mode=\"sync\"} 50"));
     assert!(metrics.contains("colorfaas_gateway_request_duration_seconds_count"));
+    // Every sync call waited for one publish confirm and for no pending-record write.
+    assert!(
+        metrics.contains("colorfaas_gateway_publish_confirm_seconds_count 50"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("colorfaas_gateway_pending_record_seconds_count 0"));
     worker.abort();
     gw.stop().await.unwrap();
     sb.cleanup().await;
