@@ -47,6 +47,18 @@ fn url(gw: &Component, path: &str) -> String {
     format!("http://{}{path}", gw.addr)
 }
 
+/// The gateway's `/metrics` text.
+async fn metrics_text(gw: &Component) -> String {
+    http()
+        .get(url(gw, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn invoke(
     gw: &Component,
     key: &str,
@@ -626,29 +638,11 @@ async fn rate_limit_per_key_is_429_with_retry_after() {
     sb.cleanup().await;
 }
 
+/// The shared test run (`tests::run_doc`) in a given billing state.
 fn run_doc(user_id: &str, status: RunStatus, bill_state: BillState, billed: i64) -> RunDoc {
     RunDoc {
-        id: uuid::Uuid::now_v7().to_string(),
-        user_id: user_id.to_owned(),
-        function_id: "f".into(),
-        function: "echo".into(),
-        version: 1,
-        status,
-        args_json: "{}".into(),
-        result_json: None,
-        error: None,
-        logs: String::new(),
-        cold_start: false,
-        duration_ms: 1,
-        resources: schemas::Resources::new(500, 128, 64),
-        billed_micros: billed,
         bill_state,
-        bill_id: None,
-        worker_id: None,
-        epoch: 1,
-        created_at_ms: schemas::now_ms(),
-        started_at_ms: None,
-        finished_at_ms: None,
+        ..tests::run_doc(user_id, status, billed)
     }
 }
 
@@ -897,14 +891,7 @@ async fn async_is_202_with_location_and_the_run_is_visible_at_once() {
     assert_eq!(inv.callback_url.as_deref(), Some("http://127.0.0.1:9/hook"));
     assert_eq!(inv.timeout_ms, f.timeout_ms);
     // The acceptance waited for the pending record and for the broker, and /metrics says so.
-    let metrics = http()
-        .get(url(&gw, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     for waited in [
         "colorfaas_gateway_pending_record_seconds_count 1",
         "colorfaas_gateway_publish_confirm_seconds_count 1",
@@ -1151,14 +1138,7 @@ async fn many_concurrent_sync_calls_each_get_their_own_result() {
     for c in calls {
         c.await.unwrap();
     }
-    let metrics = http()
-        .get(url(&gw, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     assert!(
         metrics.contains("colorfaas_gateway_requests_total{route=\"invoke\",status=\"200\"} 50"),
         "{metrics}"
@@ -1349,14 +1329,7 @@ async fn reconnects_after_losing_rabbitmq() {
             .status(),
         200
     );
-    let metrics = http()
-        .get(url(&gw, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     assert!(
         metrics.contains("colorfaas_gateway_amqp_reconnects_total 1"),
         "{metrics}"
