@@ -18,15 +18,35 @@ export GATEWAY_ADDR="${GATEWAY_ADDR:-127.0.0.1:8081}"
 BIN="$ROOT/target/release"
 pids=()
 
-start() { # name, then env assignments and args
+# Runs one component and restarts it whenever it exits (a component exits non-zero when it
+# cannot recover by itself), with back-off: 1 s, doubling to 30 s, back to 1 s after a minute
+# of running. Every restart is logged here and in the component's log.
+supervise() { # name, then env assignments and args
   local name=$1; shift
+  local label="$name${SUFFIX:-}" log="$STATE/$name${SUFFIX:-}.log"
   if [ ! -x "$BIN/$name" ]; then
-    echo "[run] $name: not built yet (its issue is open); skipping"
+    echo "[run] $name: not built; skipping"
     return
   fi
-  env "$@" "$BIN/$name" >"$STATE/$name${SUFFIX:-}.log" 2>&1 &
+  (
+    child=""
+    trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; [ -n "$child" ] && wait "$child" 2>/dev/null; exit 0' INT TERM
+    backoff=1
+    while :; do
+      started=$SECONDS
+      env "$@" "$BIN/$name" >>"$log" 2>&1 &
+      child=$!
+      rc=0
+      wait "$child" || rc=$?
+      child=""
+      if [ $((SECONDS - started)) -ge 60 ]; then backoff=1; fi
+      echo "[run] $label exited (status $rc); restarting in ${backoff}s (log $log)" | tee -a "$log"
+      sleep "$backoff" & wait $! || true
+      backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+    done
+  ) &
   pids+=($!)
-  echo "[run] $name${SUFFIX:-} started (pid $!, log $STATE/$name${SUFFIX:-}.log)"
+  echo "[run] $label started (supervised, log $log)"
 }
 
 stop() {
@@ -38,11 +58,11 @@ stop() {
 }
 trap stop INT TERM
 
-SUFFIX=-1 start worker WORKER_ID=worker-1 WORKER_DIR="$STATE/worker-1" WORKER_ADDR=127.0.0.1:8090
-SUFFIX=-1 start dispatcher DISPATCHER_ID=dispatcher-1 DISPATCHER_ADDR=127.0.0.1:8091
-SUFFIX=-2 start dispatcher DISPATCHER_ID=dispatcher-2 DISPATCHER_ADDR=127.0.0.1:8092
-start gateway
-start portal
+SUFFIX=-1 supervise worker WORKER_ID=worker-1 WORKER_DIR="$STATE/worker-1" WORKER_ADDR=127.0.0.1:8090
+SUFFIX=-1 supervise dispatcher DISPATCHER_ID=dispatcher-1 DISPATCHER_ADDR=127.0.0.1:8091
+SUFFIX=-2 supervise dispatcher DISPATCHER_ID=dispatcher-2 DISPATCHER_ADDR=127.0.0.1:8092
+supervise gateway
+supervise portal
 
 wait_healthy() { # name, host:port — waits until its /healthz says 200 (at most a minute)
   for _ in $(seq 1 120); do
@@ -61,11 +81,5 @@ echo "  gateway  http://$GATEWAY_ADDR/v1/invoke/<function>"
 echo "  rabbitmq http://127.0.0.1:15672 (guest/guest)"
 echo "Ctrl-C stops it."
 while :; do
-  for p in "${pids[@]}"; do
-    if ! kill -0 "$p" 2>/dev/null; then
-      echo "[run] a component (pid $p) exited; see the logs in $STATE"
-      stop
-    fi
-  done
-  sleep 1 & wait $! || true
+  sleep 3600 & wait $! || true
 done

@@ -17,7 +17,9 @@
 //! the two round trips leaves those runs uncounted (the cap is then lenient by their cost; the
 //! bills, computed from the runs, are exact).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Document};
@@ -53,14 +55,16 @@ impl RunWrite {
 }
 
 enum Msg {
-    Write(RunWrite, Option<oneshot::Sender<()>>),
-    Flush(oneshot::Sender<()>),
+    /// A write, and who waits for it to be stored (told whether it landed).
+    Write(RunWrite, Option<oneshot::Sender<bool>>),
+    Flush(oneshot::Sender<bool>),
 }
 
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct RunWriter {
     tx: mpsc::Sender<Msg>,
+    failing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RunWriter {
@@ -71,6 +75,9 @@ impl std::fmt::Debug for RunWriter {
 
 /// Largest number of writes in one round trip.
 const MAX_BATCH: usize = 2000;
+
+/// Writes the writer holds at most; writers wait (back-pressure) beyond it.
+const QUEUE: usize = 100_000;
 
 impl RunWriter {
     /// Starts the writer task. It ends when every handle is dropped and the queue is drained.
@@ -89,9 +96,10 @@ impl RunWriter {
         db: Database,
         linger: Duration,
     ) -> (RunWriter, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(100_000);
-        let task = tokio::spawn(run(db, rx, linger));
-        (RunWriter { tx }, task)
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let failing = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(db, rx, linger, failing.clone()));
+        (RunWriter { tx, failing }, task)
     }
 
     /// Queues a write and returns at once.
@@ -103,6 +111,17 @@ impl RunWriter {
 
     /// Queues a write and waits until the batch holding it is stored.
     pub async fn write_durable(&self, w: RunWrite) -> anyhow::Result<()> {
+        self.write_waited(w).await.map(drop)
+    }
+
+    /// Stores a run's final state and waits until it is stored: `true` when this write made
+    /// the run final, `false` when it was refused because the run already was final (another
+    /// worker finished it, or a newer leader's epoch holds it).
+    pub async fn finish(&self, d: RunDoc) -> anyhow::Result<bool> {
+        self.write_waited(RunWrite::Finished(Box::new(d))).await
+    }
+
+    async fn write_waited(&self, w: RunWrite) -> anyhow::Result<bool> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Msg::Write(w, Some(done)))
@@ -110,6 +129,16 @@ impl RunWriter {
             .map_err(|_| anyhow::anyhow!("run writer is gone"))?;
         wait.await
             .map_err(|_| anyhow::anyhow!("run writer stopped before storing the run"))
+    }
+
+    /// True while the database refuses the writer's round trips (it keeps retrying them).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Writes queued and not stored yet.
+    pub fn backlog(&self) -> usize {
+        QUEUE - self.tx.capacity()
     }
 
     /// Waits until everything queued before this call is stored.
@@ -121,19 +150,29 @@ impl RunWriter {
     }
 }
 
-fn take(m: Msg, batch: &mut Vec<RunWrite>, waiters: &mut Vec<oneshot::Sender<()>>) {
+/// Who waits on a batch: the index of their write in it (`None` for a flush).
+type Waiters = Vec<(oneshot::Sender<bool>, Option<usize>)>;
+
+fn take(m: Msg, batch: &mut Vec<RunWrite>, waiters: &mut Waiters) {
     match m {
         Msg::Write(w, done) => {
+            if let Some(done) = done {
+                waiters.push((done, Some(batch.len())));
+            }
             batch.push(w);
-            waiters.extend(done);
         }
-        Msg::Flush(done) => waiters.push(done),
+        Msg::Flush(done) => waiters.push((done, None)),
     }
 }
 
-async fn run(db: Database, mut rx: mpsc::Receiver<Msg>, linger: Duration) {
+async fn run(
+    db: Database,
+    mut rx: mpsc::Receiver<Msg>,
+    linger: Duration,
+    failing: Arc<AtomicBool>,
+) {
     let mut batch: Vec<RunWrite> = Vec::new();
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut waiters: Waiters = Vec::new();
     while let Some(first) = rx.recv().await {
         take(first, &mut batch, &mut waiters);
         while batch.len() < MAX_BATCH {
@@ -152,16 +191,21 @@ async fn run(db: Database, mut rx: mpsc::Receiver<Msg>, linger: Duration) {
             }
         }
         let mut backoff = Duration::from_millis(50);
-        let spent = loop {
+        let (spent, refused) = loop {
             match store(&db, &batch).await {
-                Ok(spent) => break spent,
+                Ok(stored) => break stored,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "storing run records failed; retrying");
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "storing run records failed; retrying until stored");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         };
+        if failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(writes = batch.len(), "run records are stored again");
+        }
         // Retried on its own: retrying the runs' writes would find them final and count nothing.
         let mut backoff = Duration::from_millis(50);
         while let Err(e) = count_spent(&db, &spent).await {
@@ -170,15 +214,19 @@ async fn run(db: Database, mut rx: mpsc::Receiver<Msg>, linger: Duration) {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         batch.clear();
-        for w in waiters.drain(..) {
-            let _ = w.send(());
+        for (w, index) in waiters.drain(..) {
+            let _ = w.send(index.is_none_or(|i| !refused.contains(&i)));
         }
     }
 }
 
 /// Stores one batch in at most two round trips. Returns the cost of the runs whose final
-/// record this batch wrote (refused duplicates excluded), summed per user.
-async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<HashMap<String, i64>> {
+/// record this batch wrote (refused duplicates excluded), summed per user, and the batch
+/// indices of the finishes that were refused (the run was already final).
+async fn store(
+    db: &Database,
+    batch: &[RunWrite],
+) -> anyhow::Result<(HashMap<String, i64>, HashSet<usize>)> {
     // A finish in the same batch makes the start of the same run moot.
     let finished: HashMap<&str, ()> = batch
         .iter()
@@ -189,7 +237,9 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<HashMap<Stri
     let mut updates: Vec<Document> = Vec::new();
     // (statement index, user, cost) of every billable finish.
     let mut costs: Vec<(usize, &str, i64)> = Vec::new();
-    for w in batch {
+    // (statement index, batch index) of every finish.
+    let mut finishes: Vec<(usize, usize)> = Vec::new();
+    for (bi, w) in batch.iter().enumerate() {
         match w {
             RunWrite::Pending(d) => inserts.push(bson::to_document(d.as_ref())?),
             RunWrite::Started {
@@ -215,6 +265,7 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<HashMap<Stri
                 if d.billed_micros > 0 {
                     costs.push((updates.len(), d.user_id.as_str(), d.billed_micros));
                 }
+                finishes.push((updates.len(), bi));
                 updates.push(finish_statement(d)?);
             }
         }
@@ -222,6 +273,7 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<HashMap<Stri
     // Duplicate keys are expected: they are how repeated writes are refused.
     crate::wire::insert(db, collections::RUNS, inserts, "inserting pending runs").await?;
     let mut spent: HashMap<String, i64> = HashMap::new();
+    let mut refused_finishes = HashSet::new();
     if !updates.is_empty() {
         let reply = db
             .run_command(doc! {
@@ -238,8 +290,13 @@ async fn store(db: &Database, batch: &[RunWrite]) -> anyhow::Result<HashMap<Stri
                 *total = total.saturating_add(cost);
             }
         }
+        refused_finishes = finishes
+            .into_iter()
+            .filter(|(i, _)| refused.contains(i))
+            .map(|(_, bi)| bi)
+            .collect();
     }
-    Ok(spent)
+    Ok((spent, refused_finishes))
 }
 
 /// Adds each user's newly finished runs to their `spent_micros` counter (one round trip). Users
@@ -302,6 +359,44 @@ fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
         },
         "upsert": true,
     })
+}
+
+/// A run's record if it is final (read from the primary: a stale read could run it twice).
+pub async fn final_run(db: &Database, run_id: &str) -> anyhow::Result<Option<RunDoc>> {
+    let final_states: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
+    Ok(db
+        .collection::<RunDoc>(collections::RUNS)
+        .find_one(doc! {"_id": run_id, "status": {"$in": final_states}})
+        .await?)
+}
+
+/// The result message of a stored final run (the inverse of [`finished_doc`]): what its
+/// worker published, for publishing it again when that worker may have died first.
+pub fn result_of(d: &RunDoc, callback_url: Option<String>) -> schemas::ResultMsg {
+    schemas::ResultMsg {
+        v: schemas::MESSAGE_VERSION,
+        run_id: d.id.clone(),
+        user_id: d.user_id.clone(),
+        function_id: d.function_id.clone(),
+        function: d.function.clone(),
+        version: d.version,
+        worker_id: d.worker_id.clone().unwrap_or_default(),
+        epoch: d.epoch,
+        status: d.status,
+        result: d
+            .result_json
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        error: d.error.clone(),
+        logs: d.logs.clone(),
+        duration_ms: d.duration_ms,
+        cold_start: d.cold_start,
+        billed_micros: d.billed_micros,
+        resources: d.resources,
+        started_at_ms: d.started_at_ms,
+        finished_at_ms: d.finished_at_ms.unwrap_or(d.created_at_ms),
+        callback_url,
+    }
 }
 
 /// A pending run's document, as the gateway writes it.

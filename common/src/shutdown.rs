@@ -16,3 +16,9 @@ pub async fn signal() {
     }
     tracing::info!("shutdown signal received, draining");
 }
+
+/// Resolves once `flag` is true (at once if it already is, or if its sender is gone). Holds no
+/// borrow of the value afterwards, so it is safe in `select!` arms whose bodies await.
+pub async fn until_set(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await.map(drop);
+}

@@ -50,28 +50,59 @@ impl Watcher for NoopWatcher {
     fn handle(&self, _: WatchedEvent) {}
 }
 
-/// Runs the election on a thread until `stop` is set. Roles are published on `roles`.
+/// Runs the election on a thread until `stop` is set. Roles are published on `roles`. The
+/// candidate takes part only while `eligible` is true (the dispatcher can reach RabbitMQ): when
+/// it turns false the candidate leaves at once — its ZooKeeper session is closed, so its node
+/// goes and a standby that can dispatch takes over — and joins again when it turns true.
 pub fn spawn(
     cfg: ElectionConfig,
     roles: watch::Sender<Role>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+    eligible: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("election".into())
         .spawn(move || {
-            let token = format!("{}:{}", cfg.candidate_id, uuid::Uuid::new_v4().simple());
-            while !stop.load(Ordering::SeqCst) {
-                if let Err(e) = session(&cfg, &token, &roles, &stop) {
+            let gate = Gate {
+                stop: &stop,
+                eligible: &eligible,
+            };
+            while !gate.stopped() {
+                if !gate.eligible() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                if let Err(e) = session(&cfg, &roles, &gate) {
                     tracing::warn!(candidate = cfg.candidate_id, error = %e, "election session ended");
                 }
                 let _ = roles.send(Role::Follower);
-                if !stop.load(Ordering::SeqCst) {
+                if !gate.stopped() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
             let _ = roles.send(Role::Follower);
         })
-        .expect("spawning the election thread")
+}
+
+/// When the candidate must leave the election.
+struct Gate<'a> {
+    stop: &'a AtomicBool,
+    eligible: &'a watch::Receiver<bool>,
+}
+
+impl Gate<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn eligible(&self) -> bool {
+        *self.eligible.borrow()
+    }
+
+    /// Stop, or no longer eligible: leave the election.
+    fn leave(&self) -> bool {
+        self.stopped() || !self.eligible()
+    }
 }
 
 fn base(cfg: &ElectionConfig) -> String {
@@ -103,163 +134,229 @@ fn seq_of(name: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// One ZooKeeper session: returns when it is closed or stop is set.
-fn session(
-    cfg: &ElectionConfig,
-    token: &str,
-    roles: &watch::Sender<Role>,
-    stop: &AtomicBool,
-) -> Result<(), ZkError> {
+/// One ZooKeeper session: returns when it is closed or the candidate leaves.
+fn session(cfg: &ElectionConfig, roles: &watch::Sender<Role>, gate: &Gate) -> Result<(), ZkError> {
+    // A token per session: a node found by it is this session's own (created before a lost
+    // reply), never one of an expired session that ZooKeeper has not deleted yet.
+    let token = format!("{}:{}", cfg.candidate_id, uuid::Uuid::new_v4().simple());
+    let token = token.as_str();
     let (tx, rx) = mpsc::channel::<Event>();
     let zk = ZooKeeper::connect(&cfg.zk_connect, cfg.session_timeout, NoopWatcher)?;
     let state_tx = tx.clone();
     zk.add_listener(move |s| {
         let _ = state_tx.send(Event::State(s));
     });
-    let result = elect(&zk, cfg, token, roles, stop, &tx, &rx);
+    let e = Election {
+        zk: &zk,
+        cfg,
+        token,
+        roles,
+        gate,
+        tx: &tx,
+        rx: &rx,
+    };
+    let result = e.run();
     let _ = roles.send(Role::Follower);
+    // Closing deletes this candidate's node at once: a successor need not wait for the
+    // session to expire.
     let _ = zk.close();
     result
 }
 
-fn elect(
-    zk: &ZooKeeper,
-    cfg: &ElectionConfig,
-    token: &str,
-    roles: &watch::Sender<Role>,
-    stop: &AtomicBool,
-    tx: &mpsc::Sender<Event>,
-    rx: &mpsc::Receiver<Event>,
-) -> Result<(), ZkError> {
-    let election = format!("{}/election", base(cfg));
-    let epoch_path = format!("{}/epoch", base(cfg));
-    ensure_path(zk, &election)?;
-    ensure_path(zk, &epoch_path)?;
-    let mut my_node: Option<String> = None;
+/// What a candidate does next after a wait.
+enum Next {
+    /// Look at the election again (a predecessor went, or the connection came back).
+    Again,
+    /// Leave the election (stop, or not eligible).
+    Leave,
+}
 
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        // Find our node (reuse it after a reconnect), else create it.
-        let mut children = zk.get_children(&election, false)?;
-        children.sort_by_key(|c| seq_of(c));
-        if my_node.as_ref().is_none_or(|n| !children.contains(n)) {
-            my_node = None;
-            for c in &children {
-                if let Ok((data, _)) = zk.get_data(&format!("{election}/{c}"), false) {
-                    if data == token.as_bytes() {
-                        my_node = Some(c.clone());
-                        break;
-                    }
-                }
+/// One candidate in one ZooKeeper session.
+struct Election<'a> {
+    zk: &'a ZooKeeper,
+    cfg: &'a ElectionConfig,
+    token: &'a str,
+    roles: &'a watch::Sender<Role>,
+    gate: &'a Gate<'a>,
+    tx: &'a mpsc::Sender<Event>,
+    rx: &'a mpsc::Receiver<Event>,
+}
+
+impl Election<'_> {
+    fn run(&self) -> Result<(), ZkError> {
+        let election = format!("{}/election", base(self.cfg));
+        let epoch_path = format!("{}/epoch", base(self.cfg));
+        ensure_path(self.zk, &election)?;
+        ensure_path(self.zk, &epoch_path)?;
+        let mut my_node: Option<String> = None;
+        loop {
+            if self.gate.leave() {
+                return Ok(());
             }
+            let (me, children) = self.join(&election, &mut my_node)?;
+            let next = match children.iter().position(|c| *c == me) {
+                None => Next::Again,
+                Some(0) => self.lead(&epoch_path, &format!("{election}/{me}"))?,
+                Some(i) => self.stand_by(&format!("{election}/{}", children[i - 1]))?,
+            };
+            if let Next::Leave = next {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Finds this candidate's node (reused after a reconnect, by its token) or creates it;
+    /// returns it with the election's nodes in order.
+    fn join(
+        &self,
+        election: &str,
+        my_node: &mut Option<String>,
+    ) -> Result<(String, Vec<String>), ZkError> {
+        let mut children = self.sorted_children(election)?;
+        if my_node.as_ref().is_none_or(|n| !children.contains(n)) {
+            *my_node = children
+                .iter()
+                .find(|c| {
+                    self.zk
+                        .get_data(&format!("{election}/{c}"), false)
+                        .is_ok_and(|(data, _)| data == self.token.as_bytes())
+                })
+                .cloned();
             if my_node.is_none() {
-                let path = zk.create(
+                let path = self.zk.create(
                     &format!("{election}/n_"),
-                    token.as_bytes().to_vec(),
+                    self.token.as_bytes().to_vec(),
                     Acl::open_unsafe().clone(),
                     CreateMode::EphemeralSequential,
                 )?;
                 let name = path.rsplit('/').next().unwrap_or_default().to_owned();
                 tracing::info!(
-                    candidate = cfg.candidate_id,
+                    candidate = self.cfg.candidate_id,
                     node = name,
                     "joined the election"
                 );
-                my_node = Some(name);
+                *my_node = Some(name);
             }
-            children = zk.get_children(&election, false)?;
-            children.sort_by_key(|c| seq_of(c));
+            children = self.sorted_children(election)?;
         }
-        let me = my_node.clone().unwrap_or_default();
-        let idx = children.iter().position(|c| *c == me);
-        match idx {
-            None => continue,
-            Some(0) => {
-                let stat = zk.set_data(&epoch_path, token.as_bytes().to_vec(), None)?;
-                let epoch = stat.version as u64;
-                tracing::info!(candidate = cfg.candidate_id, epoch, "became the leader");
-                let _ = roles.send(Role::Leader { epoch });
-                // Lead until the connection is suspended or lost.
-                loop {
-                    if stop.load(Ordering::SeqCst) {
-                        return Ok(());
-                    }
-                    match rx.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Event::State(ZkState::Connected)) | Ok(Event::NodeChanged) => {}
-                        Ok(Event::State(ZkState::Closed))
-                        | Ok(Event::State(ZkState::AuthFailed)) => {
-                            tracing::warn!(
-                                candidate = cfg.candidate_id,
-                                epoch,
-                                "zookeeper session closed; stepping down"
-                            );
-                            return Err(ZkError::SessionExpired);
-                        }
-                        Ok(Event::State(s)) => {
-                            tracing::warn!(candidate = cfg.candidate_id, epoch, state = ?s, "zookeeper connection suspended; stepping down");
-                            let _ = roles.send(Role::Follower);
-                            wait_connected(rx, stop)?;
-                            break;
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            return Err(ZkError::ConnectionLoss)
-                        }
-                    }
-                }
+        Ok((my_node.clone().unwrap_or_default(), children))
+    }
+
+    fn sorted_children(&self, path: &str) -> Result<Vec<String>, ZkError> {
+        let mut children = self.zk.get_children(path, false)?;
+        children.sort_by_key(|c| seq_of(c));
+        Ok(children)
+    }
+
+    /// Leads: bumps the epoch and holds the lead until the connection is suspended or lost,
+    /// this candidate's node goes, or the candidate leaves.
+    fn lead(&self, epoch_path: &str, my_node: &str) -> Result<Next, ZkError> {
+        // Watch our own node: if it goes (its session expired while we were cut off), someone
+        // else may lead already.
+        let node_tx = self.tx.clone();
+        if self
+            .zk
+            .exists_w(my_node, move |_e: WatchedEvent| {
+                let _ = node_tx.send(Event::NodeChanged);
+            })?
+            .is_none()
+        {
+            return Ok(Next::Again);
+        }
+        let stat = self
+            .zk
+            .set_data(epoch_path, self.token.as_bytes().to_vec(), None)?;
+        let epoch = stat.version as u64;
+        tracing::info!(
+            candidate = self.cfg.candidate_id,
+            epoch,
+            "became the leader"
+        );
+        let _ = self.roles.send(Role::Leader { epoch });
+        loop {
+            if self.gate.leave() {
+                return Ok(Next::Leave);
             }
-            Some(i) => {
-                let _ = roles.send(Role::Follower);
-                let pred = format!("{election}/{}", children[i - 1]);
-                let node_tx = tx.clone();
-                let exists = zk.exists_w(&pred, move |_e: WatchedEvent| {
-                    let _ = node_tx.send(Event::NodeChanged);
-                })?;
-                if exists.is_none() {
-                    continue;
-                }
-                tracing::debug!(
-                    candidate = cfg.candidate_id,
-                    predecessor = children[i - 1],
-                    "standing by"
-                );
-                loop {
-                    if stop.load(Ordering::SeqCst) {
-                        return Ok(());
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Event::State(ZkState::Connected)) => {}
+                Ok(Event::NodeChanged) => {
+                    if self.zk.exists(my_node, false)?.is_none() {
+                        tracing::warn!(
+                            candidate = self.cfg.candidate_id,
+                            epoch,
+                            "our election node is gone; stepping down"
+                        );
+                        let _ = self.roles.send(Role::Follower);
+                        return Ok(Next::Again);
                     }
-                    match rx.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Event::NodeChanged) => break,
-                        Ok(Event::State(ZkState::Connected)) => {}
-                        Ok(Event::State(ZkState::Closed))
-                        | Ok(Event::State(ZkState::AuthFailed)) => {
-                            return Err(ZkError::SessionExpired)
-                        }
-                        Ok(Event::State(_)) => {
-                            wait_connected(rx, stop)?;
-                            break;
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            return Err(ZkError::ConnectionLoss)
-                        }
-                    }
+                    // Still there (e.g. its data changed): watch it again.
+                    let node_tx = self.tx.clone();
+                    self.zk.exists_w(my_node, move |_e: WatchedEvent| {
+                        let _ = node_tx.send(Event::NodeChanged);
+                    })?;
                 }
+                Ok(Event::State(ZkState::Closed)) | Ok(Event::State(ZkState::AuthFailed)) => {
+                    tracing::warn!(
+                        candidate = self.cfg.candidate_id,
+                        epoch,
+                        "zookeeper session closed; stepping down"
+                    );
+                    return Err(ZkError::SessionExpired);
+                }
+                Ok(Event::State(s)) => {
+                    tracing::warn!(candidate = self.cfg.candidate_id, epoch, state = ?s, "zookeeper connection suspended; stepping down");
+                    let _ = self.roles.send(Role::Follower);
+                    return wait_connected(self.rx, self.gate);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ZkError::ConnectionLoss),
+            }
+        }
+    }
+
+    /// Stands by, watching only the predecessor node, until it goes.
+    fn stand_by(&self, pred: &str) -> Result<Next, ZkError> {
+        let _ = self.roles.send(Role::Follower);
+        let node_tx = self.tx.clone();
+        let exists = self.zk.exists_w(pred, move |_e: WatchedEvent| {
+            let _ = node_tx.send(Event::NodeChanged);
+        })?;
+        if exists.is_none() {
+            return Ok(Next::Again);
+        }
+        tracing::debug!(
+            candidate = self.cfg.candidate_id,
+            predecessor = pred,
+            "standing by"
+        );
+        loop {
+            if self.gate.leave() {
+                return Ok(Next::Leave);
+            }
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Event::NodeChanged) => return Ok(Next::Again),
+                Ok(Event::State(ZkState::Connected)) => {}
+                Ok(Event::State(ZkState::Closed)) | Ok(Event::State(ZkState::AuthFailed)) => {
+                    return Err(ZkError::SessionExpired)
+                }
+                Ok(Event::State(_)) => return wait_connected(self.rx, self.gate),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ZkError::ConnectionLoss),
             }
         }
     }
 }
 
-/// After a suspension: waits for the same session to come back, or fails if it closed.
-fn wait_connected(rx: &mpsc::Receiver<Event>, stop: &AtomicBool) -> Result<(), ZkError> {
+/// After a suspension: waits for the same session to come back (then look again), or fails if
+/// it closed.
+fn wait_connected(rx: &mpsc::Receiver<Event>, gate: &Gate) -> Result<Next, ZkError> {
     loop {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(());
+        if gate.leave() {
+            return Ok(Next::Leave);
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::State(ZkState::Connected)) | Ok(Event::State(ZkState::ConnectedReadOnly)) => {
-                return Ok(())
+                return Ok(Next::Again)
             }
             Ok(Event::State(ZkState::Closed)) | Ok(Event::State(ZkState::AuthFailed)) => {
                 return Err(ZkError::SessionExpired)

@@ -1,12 +1,15 @@
-//! RabbitMQ for the gateway: a manager task keeps one connection with a confirm-mode publisher
-//! channel, this instance's exclusive reply queue (sync results) and a consumer of the shared
-//! callbacks queue, and re-establishes all of them by itself when the broker goes away. Callers
-//! never wait for a connection: when there is none they get an error at once.
+//! RabbitMQ for the gateway (and the portal's test invocations), on the shared connection
+//! manager [`common::amqp::Link`]: on every connection it sets up this instance's exclusive
+//! reply queue (sync results) and, in the gateway, a consumer of the shared callbacks queue, and
+//! sets them up again after a reconnect. Callers never wait for a connection: when there is none
+//! they get an error at once. A sync caller whose reply may have been lost with a connection is
+//! told so ([`Wait::Lost`]) and reads the run record instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::amqp::{Link, LinkConfig, Session};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -14,13 +17,15 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Channel;
 use schemas::names::AmqpNames;
 use schemas::{InvocationMsg, ResultMsg};
 use tokio::sync::{oneshot, watch};
 
 use crate::callbacks::Callbacks;
 use crate::metrics::Metrics;
+
+pub use common::amqp::PublishError;
 
 /// Where the gateway is in its life; the manager follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,31 +38,14 @@ pub enum Phase {
     Stopped,
 }
 
-/// Why an invocation could not be handed to RabbitMQ.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("RabbitMQ is unreachable")]
-    NotConnected,
-    #[error("RabbitMQ did not confirm the invocation within {0:?}")]
-    Timeout(Duration),
-    #[error("publishing the invocation failed: {0}")]
-    Failed(String),
-}
-
-struct Link {
-    conn: Connection,
-    publisher: Channel,
-}
-
 /// The gateway's side of RabbitMQ. Cheap to share (`Arc`).
 pub struct Broker {
-    url: String,
-    names: AmqpNames,
-    instance_id: String,
+    link: Arc<Link>,
     reply_queue: String,
     publish_timeout: Duration,
-    link: Mutex<Option<Arc<Link>>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<ResultMsg>>>,
+    /// Bumped whenever the reply consumer is lost: replies sent meanwhile are gone.
+    replies_lost: watch::Sender<u64>,
     metrics: Metrics,
 }
 
@@ -69,19 +57,49 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// How a sync caller's wait ended.
+#[derive(Debug)]
+pub enum Wait {
+    /// The result came.
+    Reply(Box<ResultMsg>),
+    /// The reply consumer was lost while waiting: a reply may have been dropped with it.
+    Lost,
+    /// Nothing within the wait.
+    TimedOut,
+}
+
 /// A registered sync caller; dropping it (answered, timed out or the client went away)
 /// forgets the registration.
 pub struct ReplyWaiter {
     broker: Arc<Broker>,
     run_id: String,
     rx: Option<oneshot::Receiver<ResultMsg>>,
+    lost: watch::Receiver<u64>,
 }
 
 impl ReplyWaiter {
-    /// Waits up to `wait` for the result; `None` on timeout.
-    pub async fn wait(mut self, wait: Duration) -> Option<ResultMsg> {
-        let rx = self.rx.take()?;
-        tokio::time::timeout(wait, rx).await.ok()?.ok()
+    /// Waits up to `wait` for the result; `None` on timeout or a lost reply consumer.
+    pub async fn wait(self, wait: Duration) -> Option<ResultMsg> {
+        match self.wait_or_lost(wait).await {
+            Wait::Reply(r) => Some(*r),
+            Wait::Lost | Wait::TimedOut => None,
+        }
+    }
+
+    /// Waits up to `wait` for the result, or until the reply consumer is lost.
+    pub async fn wait_or_lost(mut self, wait: Duration) -> Wait {
+        let Some(rx) = self.rx.take() else {
+            return Wait::TimedOut;
+        };
+        let mut lost = self.lost.clone();
+        tokio::select! {
+            r = tokio::time::timeout(wait, rx) => match r {
+                Ok(Ok(r)) => Wait::Reply(Box::new(r)),
+                Ok(Err(_)) => Wait::Lost,
+                Err(_) => Wait::TimedOut,
+            },
+            _ = lost.changed() => Wait::Lost,
+        }
     }
 }
 
@@ -92,6 +110,7 @@ impl Drop for ReplyWaiter {
 }
 
 impl Broker {
+    /// Starts the RabbitMQ link (the first connection is attempted at once, in the background).
     pub fn new(
         url: String,
         names: AmqpNames,
@@ -99,14 +118,17 @@ impl Broker {
         publish_timeout: Duration,
         metrics: Metrics,
     ) -> Arc<Broker> {
+        let link = Link::spawn(LinkConfig::new(
+            &url,
+            &format!("gateway {instance_id}"),
+            names.clone(),
+        ));
         Arc::new(Broker {
+            link,
             reply_queue: names.reply_queue(&instance_id),
-            url,
-            names,
-            instance_id,
             publish_timeout,
-            link: Mutex::new(None),
             waiters: Mutex::new(HashMap::new()),
+            replies_lost: watch::channel(0).0,
             metrics,
         })
     }
@@ -116,18 +138,14 @@ impl Broker {
         &self.reply_queue
     }
 
-    fn current(&self) -> Option<Arc<Link>> {
-        let link = self
-            .link
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
-        link.conn.status().connected().then_some(link)
-    }
-
     /// True while a connection is up.
     pub fn is_connected(&self) -> bool {
-        self.current().is_some()
+        self.link.is_connected()
+    }
+
+    /// The connection manager (for health reports).
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// Sync calls waiting for their result.
@@ -146,6 +164,7 @@ impl Broker {
             broker: self.clone(),
             run_id: run_id.to_owned(),
             rx: Some(rx),
+            lost: self.replies_lost.subscribe(),
         }
     }
 
@@ -157,26 +176,22 @@ impl Broker {
     }
 
     /// Publishes an invocation to the invocations queue and waits for the broker's confirm,
-    /// at most the publish timeout.
+    /// at most the publish timeout. An error means it may or may not have been queued.
     pub async fn publish_invocation(&self, inv: &InvocationMsg) -> Result<(), PublishError> {
-        let link = self.current().ok_or(PublishError::NotConnected)?;
         let body = serde_json::to_vec(inv).map_err(|e| PublishError::Failed(e.to_string()))?;
-        let queue = self.names.invocations_queue();
-        let publish = common::amqp::publish_confirmed(
-            &link.publisher,
-            "",
-            &queue,
-            &body,
-            common::amqp::props("invocation", true),
-        );
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.publish_timeout, publish).await;
+        let outcome = self
+            .link
+            .publish_confirmed(
+                "",
+                &self.link.names().invocations_queue(),
+                &body,
+                common::amqp::props("invocation", true),
+                self.publish_timeout,
+            )
+            .await;
         self.metrics.publish_waited(started.elapsed());
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(PublishError::Failed(format!("{e:#}"))),
-            Err(_) => Err(PublishError::Timeout(self.publish_timeout)),
-        }
+        outcome
     }
 
     fn deliver_reply(&self, d: &Delivery) {
@@ -200,164 +215,150 @@ impl Broker {
         }
     }
 
-    /// Connects and sets everything up: topology, publisher, reply queue and callbacks
-    /// consumers.
-    async fn establish(&self, callbacks_prefetch: u16) -> anyhow::Result<Session> {
-        let conn =
-            common::amqp::connect(&self.url, &format!("gateway {}", self.instance_id)).await?;
-        let setup = async {
-            let publisher = common::amqp::confirm_channel(&conn).await?;
-            common::amqp::declare_topology(&publisher, &self.names).await?;
-            let reply_ch = conn.create_channel().await?;
-            reply_ch
-                .queue_declare(
-                    self.reply_queue.as_str().into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            let replies = reply_ch
-                .basic_consume(
-                    self.reply_queue.as_str().into(),
-                    "replies".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        exclusive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            let cb_ch = conn.create_channel().await?;
+    /// Sets up this instance's consumers on a new session.
+    async fn setup(
+        &self,
+        s: &Session,
+        callbacks_prefetch: Option<u16>,
+    ) -> anyhow::Result<Consumers> {
+        let reply_ch = s.conn.create_channel().await?;
+        reply_ch
+            .queue_declare(
+                self.reply_queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let replies = reply_ch
+            .basic_consume(
+                self.reply_queue.as_str().into(),
+                "replies".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut c = Consumers {
+            _reply_ch: reply_ch,
+            replies,
+            cb_ch: None,
+            callbacks: None,
+        };
+        if let Some(prefetch) = callbacks_prefetch {
+            let cb_ch = s.conn.create_channel().await?;
             cb_ch
-                .basic_qos(callbacks_prefetch, BasicQosOptions::default())
+                .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
             let callbacks = cb_ch
                 .basic_consume(
-                    self.names.callbacks_queue().as_str().into(),
+                    self.link.names().callbacks_queue().as_str().into(),
                     "callbacks".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
-            anyhow::Ok((publisher, reply_ch, replies, cb_ch, callbacks))
-        };
-        match setup.await {
-            Ok((publisher, reply_ch, replies, cb_ch, callbacks)) => Ok(Session {
-                link: Arc::new(Link { conn, publisher }),
-                _reply_ch: reply_ch,
-                replies,
-                cb_ch,
-                callbacks: Some(callbacks),
-            }),
-            Err(e) => {
-                let _ = conn.close(200, "setup failed".into()).await;
-                Err(e)
-            }
+            c.cb_ch = Some(cb_ch);
+            c.callbacks = Some(callbacks);
         }
+        Ok(c)
     }
 
-    /// The manager task: keeps the connection up until the phase is `Stopped`, then waits for
-    /// the callbacks being delivered (at most `drain`) and disconnects.
+    fn replies_lost(&self) {
+        self.replies_lost.send_modify(|n| *n += 1);
+        self.metrics.amqp_connected.set(0);
+    }
+
+    /// The manager task: on every connection sets up the reply consumer (and the callbacks
+    /// consumer when `callbacks` is given, the gateway's job alone), until the phase is
+    /// `Stopped`; then waits for the callbacks being delivered (at most `drain`) and disconnects.
     pub async fn maintain(
         self: Arc<Self>,
         mut phase: watch::Receiver<Phase>,
-        callbacks: Arc<Callbacks>,
+        callbacks: Option<Arc<Callbacks>>,
         drain: Duration,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
-        let mut backoff = Duration::from_millis(100);
-        let mut failures = 0u32;
-        let mut ever_connected = false;
+        let mut last_generation = 0;
         'outer: loop {
-            if *phase.borrow() == Phase::Stopped {
-                break;
-            }
-            let mut s = match self.establish(callbacks.prefetch()).await {
-                Ok(s) => s,
+            let s = tokio::select! {
+                s = self.link.session() => s,
+                _ = phase.wait_for(|p| *p == Phase::Stopped) => break 'outer,
+            };
+            let mut c = match self
+                .setup(&s, callbacks.as_ref().map(|cb| cb.prefetch()))
+                .await
+            {
+                Ok(c) => c,
                 Err(e) => {
-                    failures += 1;
-                    // Log the first failure and then now and then, not at every retry.
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(error = %format!("{e:#}"), failures, "RabbitMQ is unreachable; retrying");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = phase.wait_for(|p| *p == Phase::Stopped) => break 'outer,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tracing::warn!(error = %format!("{e:#}"), "setting up the reply queue failed; reconnecting");
+                    s.invalidate("gateway setup failed");
                     continue;
                 }
             };
-            if ever_connected {
+            if last_generation > 0 {
                 self.metrics.amqp_reconnects.inc();
             }
-            ever_connected = true;
+            last_generation = s.generation;
             tracing::info!(
                 reply_queue = self.reply_queue,
-                "connected to RabbitMQ; serving invocations"
+                generation = s.generation,
+                "rabbitmq consumers ready; serving invocations"
             );
-            failures = 0;
-            backoff = Duration::from_millis(100);
-            *self.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.link.clone());
             self.metrics.amqp_connected.set(1);
             if *phase.borrow() != Phase::Running {
-                s.stop_callbacks().await;
+                c.stop_callbacks().await;
             }
-
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
             let lost = loop {
                 tokio::select! {
-                    d = s.replies.next() => match d {
+                    d = c.replies.next() => match d {
                         Some(Ok(d)) => self.deliver_reply(&d),
                         Some(Err(e)) => break format!("reply consumer failed: {e}"),
                         None => break "reply consumer cancelled".to_owned(),
                     },
-                    d = next_callback(&mut s.callbacks) => match d {
-                        Some(Ok(d)) => {
-                            let cb = callbacks.clone();
+                    d = next_callback(&mut c.callbacks) => match (d, callbacks.as_ref()) {
+                        (Some(Ok(d)), Some(cb)) => {
+                            let cb = cb.clone();
                             tasks.spawn(async move { cb.handle(d).await });
                         }
-                        Some(Err(e)) => break format!("callbacks consumer failed: {e}"),
-                        None => {
+                        (Some(Err(e)), _) => break format!("callbacks consumer failed: {e}"),
+                        _ => {
                             tracing::warn!("the callbacks consumer was cancelled by the broker");
-                            s.callbacks = None;
+                            c.callbacks = None;
                         }
                     },
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    _ = tick.tick() => {
-                        if !s.link.conn.status().connected() {
-                            break "connection closed".to_owned();
-                        }
-                    }
+                    () = s.lost() => break "connection lost".to_owned(),
                     changed = phase.changed() => {
                         let now = if changed.is_err() { Phase::Stopped } else { *phase.borrow() };
                         match now {
                             Phase::Running => {}
-                            Phase::Draining => s.stop_callbacks().await,
+                            Phase::Draining => c.stop_callbacks().await,
                             Phase::Stopped => {
-                                s.stop_callbacks().await;
-                                finish(&mut tasks, drain).await;
-                                *self.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                                self.metrics.amqp_connected.set(0);
-                                let _ = s.link.conn.close(200, "gateway stopped".into()).await;
+                                c.stop_callbacks().await;
                                 break 'outer;
                             }
                         }
                     }
                 }
             };
-            tracing::warn!(reason = lost, "lost RabbitMQ; reconnecting");
-            *self.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            self.metrics.amqp_connected.set(0);
-            let _ = s.link.conn.close(200, "reconnecting".into()).await;
+            tracing::warn!(
+                reason = lost,
+                "lost the reply consumer; setting it up again"
+            );
+            s.invalidate(&lost);
+            self.replies_lost();
         }
         finish(&mut tasks, drain).await;
-        tracing::debug!("RabbitMQ manager stopped");
+        self.metrics.amqp_connected.set(0);
+        self.link.close().await;
+        tracing::debug!("rabbitmq manager stopped");
     }
 }
 
@@ -384,21 +385,19 @@ async fn next_callback(c: &mut Option<lapin::Consumer>) -> Option<Result<Deliver
     }
 }
 
-/// One connection's consumers.
-struct Session {
-    link: Arc<Link>,
+/// One session's consumers.
+struct Consumers {
     _reply_ch: Channel,
     replies: lapin::Consumer,
-    cb_ch: Channel,
+    cb_ch: Option<Channel>,
     callbacks: Option<lapin::Consumer>,
 }
 
-impl Session {
+impl Consumers {
     /// Stops taking callbacks (the ones being delivered go on).
     async fn stop_callbacks(&mut self) {
-        if self.callbacks.take().is_some() {
-            if let Err(e) = self
-                .cb_ch
+        if let (Some(_), Some(ch)) = (self.callbacks.take(), self.cb_ch.as_ref()) {
+            if let Err(e) = ch
                 .basic_cancel("callbacks".into(), BasicCancelOptions::default())
                 .await
             {

@@ -44,7 +44,7 @@ use warp::{Filter, Reply};
 pub use config::{Config, Flags};
 pub use error::{api_error, GatewayError};
 
-use crate::broker::{Broker, Phase, PublishError};
+use crate::broker::{Broker, Phase, PublishError, Wait};
 use crate::callbacks::Callbacks;
 use crate::metrics::Metrics;
 use crate::ratelimit::KeyLimiter;
@@ -349,6 +349,7 @@ impl State {
         let args = parse_args(&body)?;
         args::validate(&func.args_schema, &args).map_err(GatewayError::InvalidArgs)?;
         self.check_budget(&key.user_id).await?;
+        self.check_records()?;
 
         let inv = InvocationMsg {
             v: MESSAGE_VERSION,
@@ -398,13 +399,22 @@ impl State {
         }
         self.metrics.accepted(Mode::Sync);
         let wait = Duration::from_millis(inv.timeout_ms) + self.cfg.sync_grace;
-        if let Some(r) = waiter.wait(wait).await {
-            return sync_response(r.into());
-        }
-        // The reply may have been lost with a broken connection: the stored record may know.
-        if let Ok(Some(d)) = self.store.run(&inv.run_id).await {
-            if d.status.is_final() {
-                return sync_response(Outcome::from(&d));
+        let deadline = tokio::time::Instant::now() + wait;
+        match waiter.wait_or_lost(wait).await {
+            Wait::Reply(r) => return sync_response((*r).into()),
+            Wait::Lost => {
+                // The reply may have been dropped with the connection: the worker stores the
+                // final record before it replies, so the record will tell.
+                if let Some(d) = self.final_record(&inv.run_id, deadline).await {
+                    return sync_response(Outcome::from(&d));
+                }
+            }
+            Wait::TimedOut => {
+                if let Ok(Some(d)) = self.store.run(&inv.run_id).await {
+                    if d.status.is_final() {
+                        return sync_response(Outcome::from(&d));
+                    }
+                }
             }
         }
         Err(GatewayError::TimedOut {
@@ -415,6 +425,33 @@ impl State {
             ),
             run_id: inv.run_id,
         })
+    }
+
+    /// Polls a run's record until it is final or `deadline` passes.
+    async fn final_record(&self, run_id: &str, deadline: tokio::time::Instant) -> Option<RunDoc> {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if let Ok(Some(d)) = self.store.run(run_id).await {
+                if d.status.is_final() {
+                    return Some(d);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Refuses new work while run records cannot be stored: what is accepted must be recorded.
+    fn check_records(&self) -> Result<(), GatewayError> {
+        if self.writer.is_failing() {
+            return Err(GatewayError::Unavailable(
+                "run records cannot be stored right now (the database is unreachable); try again shortly"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     async fn invoke_async(&self, inv: InvocationMsg) -> Result<Response, GatewayError> {
@@ -477,9 +514,11 @@ impl State {
         let mongo =
             tokio::time::timeout(Duration::from_secs(1), common::mongo::ping(self.store.db()))
                 .await
-                .is_ok_and(|r| r.is_ok());
-        let amqp = self.broker.is_connected();
-        let status = if mongo && amqp && !self.draining.load(Ordering::SeqCst) {
+                .is_ok_and(|r| r.is_ok())
+                && !self.writer.is_failing();
+        let amqp = self.broker.link().state();
+        let draining = self.draining.load(Ordering::SeqCst);
+        let status = if mongo && amqp.connected && !draining {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -487,8 +526,10 @@ impl State {
         warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
                 "mongodb": mongo,
-                "rabbitmq": amqp,
-                "draining": self.draining.load(Ordering::SeqCst),
+                "rabbitmq": amqp.connected,
+                "rabbitmq_error": amqp.last_error,
+                "record_backlog": self.writer.backlog(),
+                "draining": draining,
             })),
             status,
         )
@@ -619,11 +660,11 @@ pub async fn run(
         metrics.clone(),
     )?);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let manager = tokio::spawn(
-        broker
-            .clone()
-            .maintain(phase_rx, callbacks, cfg.drain_timeout),
-    );
+    let manager = tokio::spawn(broker.clone().maintain(
+        phase_rx,
+        Some(callbacks),
+        cfg.drain_timeout,
+    ));
     let drain = cfg.drain_timeout;
     let state = Arc::new(State {
         store: Store::new(db),

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use common::runstore::RunWriter;
 use gateway::broker::{Broker, Phase};
-use gateway::callbacks::Callbacks;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use warp::filters::BoxedFilter;
@@ -177,21 +176,10 @@ pub async fn run(
         cfg.backends.names(),
         format!("portal-{}", cfg.instance_id),
         cfg.publish_timeout,
-        gw_metrics.clone(),
-    );
-    let callbacks = Arc::new(Callbacks::new(
-        db.clone(),
-        5,
-        Duration::from_millis(500),
-        Duration::from_secs(10),
         gw_metrics,
-    )?);
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let manager = tokio::spawn(
-        broker
-            .clone()
-            .maintain(phase_rx, callbacks, cfg.drain_timeout),
     );
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let manager = tokio::spawn(broker.clone().maintain(phase_rx, None, cfg.drain_timeout));
     let drain = cfg.drain_timeout;
     let state = Arc::new(State {
         db: db.clone(),

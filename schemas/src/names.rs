@@ -15,6 +15,11 @@ pub const RK_RESULT_ALL: &str = "run.*";
 /// several kinds can tell them apart before parsing.
 pub const HEADER_KIND: &str = "x-colorfaas-kind";
 
+/// AMQP header (boolean) a dispatcher sets on a task whose invocation may have been dispatched
+/// before (redelivered to it, or taken back from a dead worker): the worker checks the run's
+/// record before running it.
+pub const HEADER_REDELIVERED: &str = "x-colorfaas-redelivered";
+
 /// The AMQP names derived from one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AmqpNames {

@@ -5,8 +5,11 @@
 pub mod agent;
 pub mod code;
 pub mod config;
+mod consume;
 pub mod docker;
+mod heartbeat;
 pub mod pool;
+mod reaper;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,23 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use common::amqp;
+use common::amqp::{Link, LinkConfig};
 use common::metrics::{Registry, Value};
 use common::pricing::Prices;
-use common::runstore::{finished_doc, RunWrite, RunWriter};
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
-use schemas::names::{self, AmqpNames};
+use common::runstore::RunWriter;
+use schemas::names::AmqpNames;
 use schemas::run_error_codes as codes;
 use schemas::{
-    EpochMsg, HeartbeatMsg, InvocationMsg, ResultMsg, RunError, RunStatus, RunningTask, TaskMsg,
-    MESSAGE_VERSION,
+    InvocationMsg, ResultMsg, RunError, RunStatus, RunningTask, TaskMsg, MESSAGE_VERSION,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -49,7 +43,15 @@ const SEEN_RUNS: usize = 100_000;
 
 /// A run still going after this long is recorded as `running`; one that ends sooner is
 /// written once, finished (saves a database write per short invocation).
-const RUNNING_RECORD_AFTER: Duration = Duration::from_millis(100);
+pub(crate) const RUNNING_RECORD_AFTER: Duration = Duration::from_millis(100);
+
+/// What the worker knows of a run it was given.
+pub(crate) enum RunState {
+    /// Running here; every delivery of it is acknowledged when it ends.
+    Running { ackers: Vec<lapin::Acker> },
+    /// Finished here: its record is stored and its result published.
+    Done,
+}
 
 /// Pool keys of spare containers start with this (function keys never do: they are ids).
 const SPARE_PREFIX: &str = "spare/";
@@ -130,7 +132,7 @@ impl Metrics {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: Config,
     names: AmqpNames,
     containers: Containers,
@@ -142,17 +144,20 @@ struct Inner {
     making: Mutex<HashMap<String, usize>>,
     writer: RunWriter,
     prices: Mutex<Prices>,
-    publisher: Channel,
+    link: Arc<Link>,
     running: Mutex<HashMap<String, RunningTask>>,
-    seen: Mutex<lru::LruCache<String, ()>>,
+    /// Recent runs, so a redelivered task is run once.
+    runs: Mutex<lru::LruCache<String, RunState>>,
     max_epoch: AtomicU64,
     accepting: AtomicBool,
-    amqp_conn: lapin::Connection,
+    /// Set when the drain timeout passes: results still unpublished are given up.
+    give_up: watch::Sender<bool>,
     metrics: Metrics,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains: stops taking tasks, finishes the
-/// running ones, removes its containers and flushes its run records.
+/// running ones, removes its containers and flushes its run records. RabbitMQ may come and go
+/// meanwhile (see `consume.rs`); the worker exits with an error only when it cannot recover.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
@@ -193,18 +198,11 @@ pub async fn run(
     let (writer, writer_task) = RunWriter::spawn_with_linger(db.clone(), cfg.record_linger);
 
     let names = cfg.backends.names();
-    let conn = amqp::connect(&cfg.backends.amqp_url, &format!("worker {worker_id}")).await?;
-    let consume_ch = conn
-        .create_channel()
-        .await
-        .context("opening the task channel")?;
-    amqp::declare_topology(&consume_ch, &names).await?;
-    let queue = amqp::declare_worker_queue(&consume_ch, &names, &worker_id).await?;
-    consume_ch
-        .basic_qos(cfg.prefetch, BasicQosOptions::default())
-        .await
-        .context("setting the prefetch")?;
-    let publisher = amqp::confirm_channel(&conn).await?;
+    let link = Link::spawn(LinkConfig::new(
+        &cfg.backends.amqp_url,
+        &format!("worker {worker_id}"),
+        names.clone(),
+    ));
 
     let inner = Arc::new(Inner {
         pool: Mutex::new(WarmPool::new(cfg.capacity.memory_mb)),
@@ -215,14 +213,14 @@ pub async fn run(
         containers,
         writer: writer.clone(),
         prices: Mutex::new(prices),
-        publisher,
+        link,
         running: Mutex::new(HashMap::new()),
-        seen: Mutex::new(lru::LruCache::new(
+        runs: Mutex::new(lru::LruCache::new(
             NonZeroUsize::new(SEEN_RUNS).expect("non-zero"),
         )),
         max_epoch: AtomicU64::new(0),
         accepting: AtomicBool::new(true),
-        amqp_conn: conn,
+        give_up: watch::channel(false).0,
         metrics: Metrics::new(),
         names,
         cfg,
@@ -235,42 +233,18 @@ pub async fn run(
     });
 
     let http = tokio::spawn(serve_http(inner.clone(), listener, stop_rx.clone()));
-    let beats = tokio::spawn(heartbeat_loop(inner.clone(), stop_rx.clone()));
-    let reaper = tokio::spawn(reaper_loop(inner.clone(), stop_rx.clone()));
-
-    let mut consumer = consume_ch
-        .basic_consume(
-            queue.as_str().into(),
-            worker_id.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("consuming the task queue")?;
-    tracing::info!(worker_id, queue, "worker ready");
+    let beats = tokio::spawn(heartbeat::heartbeat_loop(inner.clone(), stop_rx.clone()));
+    let reaper = tokio::spawn(reaper::reaper_loop(inner.clone(), stop_rx.clone()));
+    tracing::info!(worker_id, "worker ready");
     for &rt in &inner.cfg.prewarm {
         want_spare(&inner, rt, schemas::Resources::DEFAULT);
     }
 
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut stop = stop_rx.clone();
-    let outcome: anyhow::Result<()> = loop {
-        tokio::select! {
-            d = consumer.next() => match d {
-                Some(Ok(delivery)) => { tasks.spawn(handle(inner.clone(), delivery)); }
-                Some(Err(e)) => break Err(anyhow::Error::new(e).context("consuming tasks")),
-                None => break Err(anyhow::anyhow!("the task consumer was cancelled by the broker")),
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = stop.wait_for(|s| *s) => break Ok(()),
-        }
-    };
+    let (mut tasks, outcome) = consume::consume_loop(inner.clone(), stop_rx.clone()).await;
 
-    // Drain: take nothing new, let running tasks finish, give back what was not started.
+    // Drain: take nothing new, let running tasks finish (their results wait for RabbitMQ if it
+    // is away), give back what was not started.
     inner.accepting.store(false, Ordering::SeqCst);
-    let _ = consume_ch
-        .basic_cancel(worker_id.as_str().into(), BasicCancelOptions::default())
-        .await;
     let drained = tokio::time::timeout(inner.cfg.drain_timeout, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -281,9 +255,9 @@ pub async fn run(
             left = tasks.len(),
             "drain timeout; abandoning running tasks"
         );
+        inner.give_up.send_replace(true);
         tasks.abort_all();
     }
-    let _ = consume_ch.close(200, "worker stopping".into()).await;
     // Spares still starting remove themselves once they see the worker is not accepting.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -307,237 +281,17 @@ pub async fn run(
     if let Err(e) = inner.containers.reap_all().await {
         tracing::warn!(worker_id, error = %format!("{e:#}"), "removing containers at shutdown failed");
     }
-    publish_heartbeat(&inner, u64::MAX).await;
+    let _ = heartbeat::publish_heartbeat(&inner, u64::MAX).await;
     writer.flush().await;
     let _ = beats.await;
     let _ = reaper.await;
     let _ = http.await;
-    let _ = inner.amqp_conn.close(200, "worker stopped".into()).await;
+    inner.link.close().await;
     drop(writer);
     drop(inner);
     let _ = writer_task.await;
     tracing::info!(worker_id, "worker stopped");
     outcome
-}
-
-/// One delivery from the task queue.
-async fn handle(inner: Arc<Inner>, d: Delivery) {
-    let worker_id = &inner.cfg.worker_id;
-    if amqp::kind_of(&d.properties).as_deref() == Some("epoch") {
-        match serde_json::from_slice::<EpochMsg>(&d.data) {
-            Ok(m) => {
-                let before = inner.max_epoch.fetch_max(m.epoch, Ordering::SeqCst);
-                if m.epoch > before {
-                    tracing::info!(
-                        worker_id,
-                        epoch = m.epoch,
-                        leader = m.leader_id,
-                        "new leader epoch"
-                    );
-                }
-                ack(&d).await;
-            }
-            Err(e) => dead_letter(&inner, &d, &format!("malformed epoch message: {e}")).await,
-        }
-        return;
-    }
-    let task: TaskMsg = match serde_json::from_slice(&d.data) {
-        Ok(t) => t,
-        Err(e) => return dead_letter(&inner, &d, &format!("malformed task message: {e}")).await,
-    };
-    if task.v != MESSAGE_VERSION {
-        return dead_letter(
-            &inner,
-            &d,
-            &format!("task message version {} is not {MESSAGE_VERSION}", task.v),
-        )
-        .await;
-    }
-    let run_id = task.invocation.run_id.clone();
-    // Fencing: a task from a leader older than one we have heard from is not run; its
-    // invocation goes back to the invocations queue for the current leader.
-    let seen_epoch = inner.max_epoch.fetch_max(task.epoch, Ordering::SeqCst);
-    if task.epoch < seen_epoch {
-        inner.metrics.fenced.inc();
-        tracing::warn!(
-            worker_id,
-            run_id,
-            epoch = task.epoch,
-            current = seen_epoch,
-            "refusing a task from a stale leader"
-        );
-        match requeue_invocation(&inner, &task.invocation).await {
-            Ok(()) => ack(&d).await,
-            Err(e) => {
-                tracing::error!(worker_id, run_id, error = %format!("{e:#}"), "returning a fenced invocation failed; leaving it queued");
-                let _ = d.reject(BasicRejectOptions { requeue: true }).await;
-            }
-        }
-        return;
-    }
-    if inner
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .put(run_id.clone(), ())
-        .is_some()
-    {
-        inner.metrics.duplicates.inc();
-        tracing::info!(
-            worker_id,
-            run_id,
-            "duplicate delivery of a run; not running it again"
-        );
-        ack(&d).await;
-        return;
-    }
-
-    let inv = &task.invocation;
-    let started_at_ms = schemas::now_ms();
-    inner
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            run_id.clone(),
-            RunningTask {
-                run_id: run_id.clone(),
-                user_id: inv.user_id.clone(),
-                demand: inv.resources,
-            },
-        );
-    // A run that ends quickly gets one record, its final one; a longer one is first marked
-    // running (with this worker and epoch), so readers see it moving.
-    let result = {
-        let exec = execute(&inner, &task, started_at_ms);
-        tokio::pin!(exec);
-        tokio::select! {
-            biased;
-            r = &mut exec => r,
-            () = tokio::time::sleep(RUNNING_RECORD_AFTER) => {
-                inner
-                    .writer
-                    .write(RunWrite::Started {
-                        run_id: run_id.clone(),
-                        worker_id: worker_id.clone(),
-                        epoch: task.epoch,
-                        started_at_ms,
-                    })
-                    .await;
-                exec.await
-            }
-        }
-    };
-    inner
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&run_id);
-    inner.metrics.run_finished(result.status);
-    tracing::debug!(
-        worker_id,
-        run_id,
-        function = inv.function,
-        status = result.status.as_str(),
-        duration_ms = result.duration_ms,
-        cold = result.cold_start,
-        "run finished"
-    );
-
-    if let Err(e) = publish_result(&inner, inv, &result).await {
-        // Not acked: the task will be redelivered (here, or elsewhere if this worker dies)
-        // and its result published then; the record below keeps the outcome meanwhile.
-        tracing::error!(worker_id, run_id, error = %format!("{e:#}"), "publishing a result failed");
-        inner
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop(&run_id);
-        let _ = d.reject(BasicRejectOptions { requeue: true }).await;
-    } else {
-        ack(&d).await;
-    }
-    inner
-        .writer
-        .write(RunWrite::Finished(Box::new(finished_doc(
-            &result,
-            inv.args.to_string(),
-            inv.created_at_ms,
-        ))))
-        .await;
-}
-
-async fn ack(d: &Delivery) {
-    if let Err(e) = d.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "acknowledging a delivery failed");
-    }
-}
-
-async fn dead_letter(inner: &Inner, d: &Delivery, why: &str) {
-    inner.metrics.dead_lettered.inc();
-    tracing::warn!(
-        worker_id = inner.cfg.worker_id,
-        bytes = d.data.len(),
-        reason = why,
-        "dead-lettering a task message"
-    );
-    if let Err(e) = d.reject(BasicRejectOptions { requeue: false }).await {
-        tracing::warn!(error = %e, "rejecting a delivery failed");
-    }
-}
-
-async fn requeue_invocation(inner: &Inner, inv: &InvocationMsg) -> anyhow::Result<()> {
-    let body = serde_json::to_vec(inv)?;
-    amqp::publish_confirmed(
-        &inner.publisher,
-        "",
-        &inner.names.invocations_queue(),
-        &body,
-        amqp::props("invocation", true),
-    )
-    .await
-}
-
-/// Sends the result to the sync caller (if any) first, then to the results exchange with a
-/// publisher confirm. Only results with a callback are persistent: they are the callback's sole
-/// record. A plain result only lets dispatchers release the run's allocation, which their
-/// heartbeat reconciliation also does if a broker restart drops it; the run record is written
-/// by this worker either way.
-async fn publish_result(inner: &Inner, inv: &InvocationMsg, r: &ResultMsg) -> anyhow::Result<()> {
-    let body = serde_json::to_vec(r).context("encoding the result")?;
-    if let Some(reply_to) = &inv.reply_to {
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_correlation_id(inv.run_id.as_str().into());
-        // Best effort: the caller may be gone; the results exchange has the result anyway.
-        if let Err(e) = inner
-            .publisher
-            .basic_publish(
-                "".into(),
-                reply_to.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-        {
-            tracing::warn!(run_id = inv.run_id, error = %e, "replying to the sync caller failed");
-        }
-    }
-    let key = if r.callback_url.is_some() {
-        names::RK_RESULT_CALLBACK
-    } else {
-        names::RK_RESULT_PLAIN
-    };
-    amqp::publish_confirmed(
-        &inner.publisher,
-        &inner.names.results_exchange(),
-        key,
-        &body,
-        amqp::props("result", r.callback_url.is_some())
-            .with_correlation_id(inv.run_id.as_str().into()),
-    )
-    .await
 }
 
 /// What came out of the container.
@@ -563,7 +317,7 @@ impl Outcome {
     }
 }
 
-async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i64) -> ResultMsg {
+pub(crate) async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i64) -> ResultMsg {
     let inv = &task.invocation;
     let o = run_in_container(inner, inv).await;
     let platform = o.error.as_ref().is_some_and(RunError::is_platform);
@@ -612,7 +366,7 @@ fn tail(s: String, max: usize) -> String {
 }
 
 /// Sets the idle and spare container gauges; returns the warm function keys.
-fn pool_gauges(inner: &Inner, p: &WarmPool<Container>) -> Vec<String> {
+pub(crate) fn pool_gauges(inner: &Inner, p: &WarmPool<Container>) -> Vec<String> {
     let (spare_keys, warm): (Vec<String>, Vec<String>) = p
         .warm_keys()
         .into_iter()
@@ -956,111 +710,26 @@ async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) -> Outcome {
     }
 }
 
-async fn publish_heartbeat(inner: &Inner, seq: u64) {
-    let (running, allocated) = {
-        let r = inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        let allocated = r
-            .values()
-            .fold(schemas::Resources::default(), |a, t| a.plus(t.demand));
-        (r.values().cloned().collect::<Vec<_>>(), allocated)
-    };
-    let warm = {
-        let p = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool_gauges(inner, &p)
-    };
-    let msg = HeartbeatMsg {
-        v: MESSAGE_VERSION,
-        worker_id: inner.cfg.worker_id.clone(),
-        seq,
-        sent_at_ms: schemas::now_ms(),
-        interval_ms: inner.cfg.heartbeat.as_millis() as u64,
-        capacity: inner.cfg.capacity,
-        allocated,
-        running,
-        warm,
-        accepting: inner.accepting.load(Ordering::SeqCst),
-        epoch: inner.max_epoch.load(Ordering::SeqCst),
-    };
-    let body = match serde_json::to_vec(&msg) {
-        Ok(b) => b,
-        Err(_) => return,
-    };
-    if let Err(e) = inner
-        .publisher
-        .basic_publish(
-            inner.names.heartbeats_exchange().as_str().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &body,
-            amqp::props("heartbeat", false),
-        )
-        .await
-    {
-        tracing::warn!(worker_id = inner.cfg.worker_id, error = %e, "publishing a heartbeat failed");
-    }
-}
-
-async fn heartbeat_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(inner.cfg.heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        seq += 1;
-        publish_heartbeat(&inner, seq).await;
-    }
-}
-
-/// Removes idle containers past their TTL, and refreshes prices now and then.
-async fn reaper_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let period = (inner.cfg.idle_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut tick = tokio::time::interval(period);
-    let mut last_prices = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let expired = inner
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .expire(Instant::now(), inner.cfg.idle_ttl);
-        if !expired.is_empty() {
-            inner.pool_changed.notify_waiters();
-        }
-        for c in expired {
-            tracing::debug!(
-                container = c.name,
-                "removing an idle container past its TTL"
-            );
-            inner.containers.remove(&c.id, &c.name).await;
-        }
-        if last_prices.elapsed() > Duration::from_secs(30) {
-            last_prices = Instant::now();
-            match Prices::load_or_seed(&inner.db).await {
-                Ok(p) => *inner.prices.lock().unwrap_or_else(|e| e.into_inner()) = p,
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "refreshing prices failed"),
-            }
-        }
-    }
-}
-
-/// Serves `/healthz` (Docker, MongoDB and RabbitMQ reachable) and `/metrics`.
+/// Serves `/healthz` (Docker, MongoDB and RabbitMQ reachable; names what is down) and
+/// `/metrics`.
 async fn serve_http(inner: Arc<Inner>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let registry = inner.metrics.registry.clone();
     let health = move || -> common::ops::HealthFuture {
         let inner = inner.clone();
         Box::pin(async move {
             let docker = inner.containers.docker().ping().await.is_ok();
-            let mongo = common::mongo::ping(&inner.db).await.is_ok();
-            let amqp = inner.amqp_conn.status().connected();
+            let mongo = common::mongo::ping(&inner.db).await.is_ok() && !inner.writer.is_failing();
+            let amqp = inner.link.state();
             (
-                docker && mongo && amqp,
-                serde_json::json!({"docker": docker, "mongodb": mongo, "rabbitmq": amqp}),
+                docker && mongo && amqp.connected,
+                serde_json::json!({
+                    "docker": docker,
+                    "mongodb": mongo,
+                    "rabbitmq": amqp.connected,
+                    "rabbitmq_error": amqp.last_error,
+                    "record_backlog": inner.writer.backlog(),
+                    "accepting": inner.accepting.load(Ordering::SeqCst),
+                }),
             )
         })
     };

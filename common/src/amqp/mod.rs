@@ -1,5 +1,10 @@
 //! RabbitMQ connections and the shared topology. Every component declares what it uses with the
-//! same arguments, so declarations are idempotent whichever component starts first.
+//! same arguments, so declarations are idempotent whichever component starts first. Components
+//! hold their connection through [`Link`] (`link.rs`), which keeps it up by itself.
+
+mod link;
+
+pub use link::{Backoff, Link, LinkConfig, LinkState, PublishError, Session};
 
 use anyhow::Context as _;
 use lapin::options::{
@@ -194,4 +199,22 @@ pub async fn publish_confirmed(
         .context("waiting for the publisher confirm")?;
     anyhow::ensure!(!confirm.is_nack(), "the broker refused the message (nack)");
     Ok(())
+}
+
+/// True when a delivery may have been handled before: redelivered by the broker, or marked as
+/// a repeat by whoever published it again ([`names::HEADER_REDELIVERED`]).
+pub fn is_repeat(redelivered: bool, props: &BasicProperties) -> bool {
+    redelivered
+        || props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(names::HEADER_REDELIVERED))
+            .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)))
+}
+
+/// Marks message properties as a possible repeat ([`is_repeat`] reads it).
+pub fn mark_repeat(props: BasicProperties) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(names::HEADER_REDELIVERED.into(), AMQPValue::Boolean(true));
+    props.with_headers(headers)
 }
