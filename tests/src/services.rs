@@ -6,6 +6,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -51,6 +52,21 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Process groups of the daemons alive now, for [`kill_all_daemons`].
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SIGKILLs every daemon of this process that is still alive: for a test's signal handler,
+/// where no destructor will run.
+pub fn kill_all_daemons() {
+    for pgid in live().drain(..) {
+        send_signal(pgid, "KILL", true);
+    }
+}
+
 /// A server process in a process group of its own, its output appended to a log file. Killed
 /// (the whole group) when dropped.
 #[derive(Debug)]
@@ -77,6 +93,7 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        live().push(child.id());
         Ok(Daemon {
             name: name.to_owned(),
             child: Some(child),
@@ -91,7 +108,9 @@ impl Daemon {
 
     /// Sends `sig` to the whole process group.
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let pid = self.pid().with_context(|| format!("{} is not running", self.name))?;
+        let pid = self
+            .pid()
+            .with_context(|| format!("{} is not running", self.name))?;
         anyhow::ensure!(
             send_signal(pid, sig, true),
             "kill -{sig} {} failed",
@@ -108,6 +127,7 @@ impl Daemon {
     /// SIGKILLs the process group and reaps the process.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            live().retain(|&p| p != c.id());
             send_signal(c.id(), "KILL", true);
             let _ = c.kill();
             let _ = c.wait();
@@ -202,10 +222,7 @@ impl RabbitNode {
         // The CLI authenticates to the node with this cookie ($HOME/.erlang.cookie).
         let cookie = dir.join("home/.erlang.cookie");
         std::fs::write(&cookie, format!("COLORFAASTEST{}", id.to_uppercase()))?;
-        std::fs::set_permissions(
-            &cookie,
-            std::os::unix::fs::PermissionsExt::from_mode(0o400),
-        )?;
+        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400))?;
         std::fs::write(
             dir.join("rabbitmq.conf"),
             format!("listeners.tcp.1 = 127.0.0.1:{port}\nheartbeat = 10\n"),
@@ -230,10 +247,7 @@ impl RabbitNode {
 
     /// A RabbitMQ script (`rabbitmq-server`, `rabbitmqctl`) with this node's environment.
     fn command(&self, script: &str) -> Command {
-        let bin = program(
-            &[&format!("/usr/lib/rabbitmq/bin/{script}")],
-            script,
-        );
+        let bin = program(&[&format!("/usr/lib/rabbitmq/bin/{script}")], script);
         let d = |p: &str| self.dir.join(p);
         let mut cmd = Command::new(bin);
         cmd.current_dir(&self.dir)
@@ -294,7 +308,10 @@ impl RabbitNode {
         self.ctl(&["start_app"]).await?;
         let port = self.port;
         match self.daemon.as_mut() {
-            Some(d) => d.wait_ready(Duration::from_secs(60), || port_open(port)).await,
+            Some(d) => {
+                d.wait_ready(Duration::from_secs(60), || port_open(port))
+                    .await
+            }
             None => bail!("the node is not running"),
         }
     }
@@ -503,10 +520,7 @@ impl MongoServer {
 
     /// The server's logs.
     pub fn logs(&self) -> Vec<PathBuf> {
-        vec![
-            self.dir.join("mongodb.out"),
-            self.dir.join("nx-27017.log"),
-        ]
+        vec![self.dir.join("mongodb.out"), self.dir.join("nx-27017.log")]
     }
 }
 

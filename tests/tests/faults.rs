@@ -27,7 +27,7 @@ mod platform;
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemas::{Resources, Runtime};
@@ -44,12 +44,15 @@ use platform::Platform;
 const ADDER: &str = "import time\n\n\ndef handle(event, context):\n    time.sleep(event.get(\"sleep\", 0))\n    return {\"sum\": event[\"a\"] + event[\"b\"], \"nonce\": event[\"nonce\"]}\n";
 /// Load that runs before each fault is injected and after it cleared.
 const LOAD_AROUND: Duration = Duration::from_millis(1500);
-/// Longest wait for the platform to answer a sync call right before a fault.
-const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
+/// Longest wait for the platform to answer a sync call right before a fault; past it, every
+/// component is restarted (and waited for up to [`STARTED_WITHIN`]) so that each fault starts
+/// from a working platform.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
+const STARTED_WITHIN: Duration = Duration::from_secs(60);
 /// Longest wait for a right sync answer after a fault (the bound itself is `Fault::bound`).
-const RECOVERY_WAIT: Duration = Duration::from_secs(60);
+const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait, after each fault, for its accepted runs to be final.
-const SETTLE: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(30);
 /// Upper limit of the load's life, should the suite hang.
 const LOAD_LIMIT: Duration = Duration::from_secs(30 * 60);
 
@@ -72,16 +75,33 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
     );
     let sb = Sandbox::on("faults", &mongo.uri(), &rabbit.url()).await;
     let (user, key) = sb.seed_tenant(1_000_000_000_000).await;
-    seed(&sb, &user, "adder", Resources::new(250, 64, 32), 5_000, ADDER).await;
+    seed(
+        &sb,
+        &user,
+        "adder",
+        Resources::new(250, 64, 32),
+        5_000,
+        ADDER,
+    )
+    .await;
     // Its own size, so that no spare container takes its first run: the container the suite
     // kills is the one labelled with its function key.
     let victim_src = format!("{ADDER}# the container fault's victim\n");
-    let victim = seed(&sb, &user, "victim", Resources::new(250, 96, 32), 10_000, &victim_src).await;
+    let victim = seed(
+        &sb,
+        &user,
+        "victim",
+        Resources::new(250, 96, 32),
+        10_000,
+        &victim_src,
+    )
+    .await;
 
     let platform = Platform::start(&sb, &zk.connect(), &tmp.0, &logs)
         .await
         .expect("starting the platform");
     teardown.arm(&platform);
+    on_interrupt(platform.clone(), teardown.workers.clone(), tmp.0.clone());
     let observer = Observer::start(rabbit.url(), sb.names.clone());
     let ledger = Arc::new(Ledger::default());
     let target = Target::new(platform.url("gw", ""), key);
@@ -106,8 +126,12 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
         fault: "baseline".to_owned(),
         ..Row::default()
     };
-    if wait_recovery(&ledger, Instant::now(), "adder", HEALTHY_WITHIN).await.is_none() {
-        base.failures.push("the platform never answered a sync call right".to_owned());
+    if wait_recovery(&ledger, Instant::now(), "adder", HEALTHY_WITHIN)
+        .await
+        .is_none()
+    {
+        base.failures
+            .push("the platform never answered a sync call right".to_owned());
     }
     tokio::time::sleep(LOAD_AROUND).await;
     ledger.set_phase(1);
@@ -138,7 +162,10 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
     ] {
         keep_logs(&logs, what, &files);
     }
-    say(&format!("\n==== fault matrix ====\n{report}(logs: {})\n", logs.display()));
+    say(&format!(
+        "\n==== fault matrix ====\n{report}(logs: {})\n",
+        logs.display()
+    ));
     let _ = std::fs::write(logs.join("matrix.txt"), &report);
     platform.shutdown(Duration::from_secs(30)).await;
     drop(ctx);
@@ -158,7 +185,11 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
 /// `FAULTS_ONLY=a,b`: those faults, in the suite's order; else all of them.
 fn selected_faults() -> Vec<Fault> {
     let only = std::env::var("FAULTS_ONLY").unwrap_or_default();
-    let wanted: Vec<&str> = only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let wanted: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     for w in &wanted {
         assert!(
             Fault::ALL.iter().any(|f| f.name() == *w),
@@ -182,7 +213,14 @@ async fn seed(
     source: &str,
 ) -> schemas::FunctionDoc {
     let mut f = sb
-        .function_doc(user, name, Runtime::Python3, "main.py", "main.handle", source)
+        .function_doc(
+            user,
+            name,
+            Runtime::Python3,
+            "main.py",
+            "main.handle",
+            source,
+        )
         .await;
     f.resources = resources;
     f.timeout_ms = timeout_ms;
@@ -205,11 +243,8 @@ async fn run_fault(
         ..Row::default()
     };
     say(&format!("[faults] {}: injecting\n", fault.name()));
-    if wait_recovery(&ctx.ledger, Instant::now(), &ctx.function, HEALTHY_WITHIN)
-        .await
-        .is_none()
-    {
-        row.notes.push("the platform was not answering sync calls right before the fault".into());
+    if let Err(e) = healthy(ctx, &mut row).await {
+        row.failures.push(e);
     }
     tokio::time::sleep(LOAD_AROUND).await;
     match inject::inject(fault, ctx).await {
@@ -220,19 +255,48 @@ async fn run_fault(
             if let Some(name) = inj.restart {
                 match ctx.platform.spawn(&name) {
                     Ok(()) => row.notes.push(format!("restarted {name} after recovery")),
-                    Err(e) => row.failures.push(format!("could not restart {name}: {e:#}")),
+                    Err(e) => row
+                        .failures
+                        .push(format!("could not restart {name}: {e:#}")),
                 }
             }
         }
-        Err(e) => row.failures.push(format!("could not inject the fault: {e:#}")),
+        Err(e) => row
+            .failures
+            .push(format!("could not inject the fault: {e:#}")),
     }
     tokio::time::sleep(LOAD_AROUND).await;
     ctx.ledger.set_phase(phase + 1);
     let late = settle(ctx, phase, observer, &mut row).await;
     if matches!(fault, Fault::LeaderKill | Fault::LeaderPause) {
-        row.notes.push(format!("leading now: {:?}", ctx.platform.leaders().await));
+        row.notes
+            .push(format!("leading now: {:?}", ctx.platform.leaders().await));
     }
     (row, late)
+}
+
+/// Waits for a right sync answer; when none comes within [`HEALTHY_WITHIN`] (an earlier fault
+/// left the platform wedged), restarts every component and waits again.
+async fn healthy(ctx: &Ctx, row: &mut Row) -> Result<(), String> {
+    let t = Instant::now();
+    if wait_recovery(&ctx.ledger, t, &ctx.function, HEALTHY_WITHIN)
+        .await
+        .is_some()
+    {
+        return Ok(());
+    }
+    ctx.platform
+        .restart_all()
+        .map_err(|e| format!("could not restart the platform: {e:#}"))?;
+    row.notes.push(format!(
+        "the platform answered no sync call right for {} s before the fault: every component was restarted",
+        HEALTHY_WITHIN.as_secs()
+    ));
+    let t = Instant::now();
+    match wait_recovery(&ctx.ledger, t, &ctx.function, STARTED_WITHIN).await {
+        Some(_) => Ok(()),
+        None => Err("the platform did not work even after a restart".to_owned()),
+    }
 }
 
 /// Waits up to `deadline` for a right answer to a sync call of `function` sent at or after
@@ -285,8 +349,12 @@ async fn settle(ctx: &Ctx, phase: usize, observer: &Observer, row: &mut Row) -> 
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     row.tally = checks::tally(phase, &accepted, &runs, &observer.seen());
-    row.exits
-        .extend(ctx.platform.take_exits().into_iter().map(|e| format!("{} ({})", e.name, e.status)));
+    row.exits.extend(
+        ctx.platform
+            .take_exits()
+            .into_iter()
+            .map(|e| format!("{} ({})", e.name, e.status)),
+    );
     let t = &row.tally;
     say(&format!(
         "[faults] {}: accepted {}, right {}, lost {}, wrong {}, twice {}, recovery {}, exits {}\n",
@@ -329,7 +397,7 @@ async fn finish(
             .count();
         if late > 0 {
             row.failures.push(format!(
-                "{late} runs ended right only more than {} s after the fault",
+                "{late} runs were not final {} s after the fault (they ended right later)",
                 SETTLE.as_secs()
             ));
         }
@@ -338,7 +406,10 @@ async fn finish(
     let mut end = Vec::new();
     let unanswered: usize = runs.values().filter(|r| !r.is_final()).count();
     let never_accepted = unanswered.saturating_sub(
-        accepted.keys().filter(|id| runs.get(*id).is_some_and(|r| !r.is_final())).count(),
+        accepted
+            .keys()
+            .filter(|id| runs.get(*id).is_some_and(|r| !r.is_final()))
+            .count(),
     );
     if never_accepted > 0 {
         end.push(format!(
@@ -369,7 +440,10 @@ async fn bill(ctx: &Ctx) -> Vec<String> {
     .await;
     match run {
         Ok(Ok(o)) if o.status.success() => {
-            out.push(format!("billing job: {}", String::from_utf8_lossy(&o.stdout).trim()));
+            out.push(format!(
+                "billing job: {}",
+                String::from_utf8_lossy(&o.stdout).trim()
+            ));
         }
         Ok(Ok(o)) => out.push(format!(
             "FAIL billing job exited {}: {}",
@@ -386,7 +460,10 @@ async fn bill(ctx: &Ctx) -> Vec<String> {
                 out.push(format!("FAIL billing: {v}"));
             }
             if violations.len() > 10 {
-                out.push(format!("FAIL billing: ... and {} more", violations.len() - 10));
+                out.push(format!(
+                    "FAIL billing: ... and {} more",
+                    violations.len() - 10
+                ));
             }
         }
         Err(e) => out.push(format!("FAIL billing could not be checked: {e:#}")),
@@ -420,6 +497,50 @@ fn keep_logs(logs: &Path, what: &str, files: &[PathBuf]) {
     }
 }
 
+/// On SIGINT or SIGTERM (a developer's Ctrl-C; no destructor runs then), kills the platform
+/// and the services, removes the workers' containers and the temporary folder, and exits.
+fn on_interrupt(platform: Arc<Platform>, workers: Vec<String>, tmp: PathBuf) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        say("[faults] interrupted: cleaning up\n");
+        platform.kill_all();
+        tests::services::kill_all_daemons();
+        remove_containers(&workers);
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::process::exit(130);
+    });
+}
+
+/// Removes every container of the given workers.
+fn remove_containers(workers: &[String]) {
+    for w in workers {
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={}={w}", worker::docker::LABEL_WORKER))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// A temporary folder for the services' data and the workers' folders, removed when dropped
 /// (after everything that uses it).
 struct TempDir(PathBuf);
@@ -443,14 +564,13 @@ impl Drop for TempDir {
 #[derive(Default)]
 struct Teardown {
     platform: Option<Arc<Platform>>,
-    workers: Mutex<Vec<String>>,
+    workers: Vec<String>,
 }
 
 impl Teardown {
     fn arm(&mut self, p: &Arc<Platform>) {
         self.platform = Some(p.clone());
-        *self.workers.lock().unwrap_or_else(|e| e.into_inner()) =
-            p.worker_ids().into_keys().collect();
+        self.workers = p.worker_ids().into_keys().collect();
     }
 }
 
@@ -459,21 +579,6 @@ impl Drop for Teardown {
         if let Some(p) = self.platform.take() {
             p.kill_all();
         }
-        for w in self.workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let ids = std::process::Command::new("docker")
-                .args(["ps", "-aq", "--filter"])
-                .arg(format!("label={}={w}", worker::docker::LABEL_WORKER))
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .stdout(std::process::Stdio::null())
-                    .status();
-            }
-        }
+        remove_containers(&self.workers);
     }
 }

@@ -26,6 +26,8 @@ pub struct RunView {
     pub billed: i64,
     pub bill_state: String,
     pub bill_id: Option<String>,
+    pub worker_id: Option<String>,
+    pub epoch: i64,
 }
 
 impl RunView {
@@ -43,6 +45,8 @@ impl RunView {
             billed: wire::int(d.get("billed_micros")),
             bill_state: s("bill_state"),
             bill_id: wire::string(d.get("bill_id")).map(str::to_owned),
+            worker_id: wire::string(d.get("worker_id")).map(str::to_owned),
+            epoch: wire::int(d.get("epoch")),
         }
     }
 
@@ -57,9 +61,17 @@ impl RunView {
     }
 
     fn describe(&self) -> String {
-        match &self.error {
+        let what = match &self.error {
             Some((code, msg)) => format!("{} ({code}: {msg})", self.status),
-            None => format!("{} {}", self.status, self.result.clone().unwrap_or(Value::Null)),
+            None => format!(
+                "{} {}",
+                self.status,
+                self.result.clone().unwrap_or(Value::Null)
+            ),
+        };
+        match &self.worker_id {
+            Some(w) => format!("{what} [worker {w}, epoch {}]", self.epoch),
+            None => what,
         }
     }
 }
@@ -107,8 +119,7 @@ pub fn verdict(acc: &Accepted, run: Option<&RunView>) -> Verdict {
     if !r.is_final() {
         return Verdict::NotFinal(r.status.clone());
     }
-    let right = r.status == "succeeded"
-        && r.result.as_ref().is_some_and(|v| acc.expect.matches(v));
+    let right = r.status == "succeeded" && r.result.as_ref().is_some_and(|v| acc.expect.matches(v));
     let platform_ok = acc.victim && r.is_platform_failure() && r.billed == 0;
     if right || platform_ok {
         Verdict::Right
@@ -146,19 +157,27 @@ pub fn tally(
     for (id, acc) in accepted.iter().filter(|(_, a)| a.phase == phase) {
         t.accepted += 1;
         let kind = if acc.sync { "sync" } else { "async" };
+        let results = seen.get(id).map_or(0, |s| s.messages);
         match verdict(acc, runs.get(id)) {
             Verdict::Right => t.right += 1,
             Verdict::Wrong(why) => {
                 t.wrong += 1;
                 example(&mut t, format!("wrong: {kind} run {id}: {why}"));
             }
-            Verdict::NotFinal(status) => {
+            Verdict::NotFinal(_) => {
                 t.lost += 1;
-                example(&mut t, format!("lost: {kind} run {id} is still {status}"));
+                let r = runs.get(id).map(RunView::describe).unwrap_or_default();
+                example(
+                    &mut t,
+                    format!("lost: {kind} run {id} is still {r}; result messages seen: {results}"),
+                );
             }
             Verdict::Missing => {
                 t.lost += 1;
-                example(&mut t, format!("lost: {kind} run {id} has no record"));
+                example(
+                    &mut t,
+                    format!("lost: {kind} run {id} has no record; result messages seen: {results}"),
+                );
             }
         }
         if let Some(s) = seen.get(id) {
@@ -171,7 +190,10 @@ pub fn tally(
                     .map(|(w, at)| format!("{w}@{}", at.unwrap_or(0)))
                     .collect();
                 e.sort();
-                example(&mut t, format!("twice: run {id} completed {execs}×: {}", e.join(", ")));
+                example(
+                    &mut t,
+                    format!("twice: run {id} completed {execs}×: {}", e.join(", ")),
+                );
             }
             t.dup_msgs += s.messages.saturating_sub(execs);
         }
@@ -196,9 +218,15 @@ pub async fn billing_violations(db: &mongodb::Database) -> anyhow::Result<(Vec<S
     for b in &bills {
         let bill_id = b.get_str("_id").unwrap_or_default().to_owned();
         let mut sum = 0;
-        for item in b.get_array("items").map(|a| a.as_slice()).unwrap_or_default() {
+        for item in b
+            .get_array("items")
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+        {
             let Bson::Document(item) = item else { continue };
-            let run_id = wire::string(item.get("run_id")).unwrap_or_default().to_owned();
+            let run_id = wire::string(item.get("run_id"))
+                .unwrap_or_default()
+                .to_owned();
             let amount = wire::int(item.get("amount_micros"));
             sum += amount;
             if let Some(r) = runs.get(&run_id) {
@@ -212,7 +240,9 @@ pub async fn billing_violations(db: &mongodb::Database) -> anyhow::Result<(Vec<S
             on_bills.entry(run_id).or_default().push(bill_id.clone());
         }
         if wire::int(b.get("amount_micros")) != sum {
-            v.push(format!("bill {bill_id}: amount is not the sum of its items ({sum})"));
+            v.push(format!(
+                "bill {bill_id}: amount is not the sum of its items ({sum})"
+            ));
         }
     }
     let mut spent: HashMap<String, i64> = HashMap::new();
@@ -221,7 +251,10 @@ pub async fn billing_violations(db: &mongodb::Database) -> anyhow::Result<(Vec<S
         let bills_of = on_bills.get(id).map(Vec::as_slice).unwrap_or_default();
         if !r.is_final() || r.is_platform_failure() {
             if !bills_of.is_empty() || r.bill_state == "billed" {
-                v.push(format!("run {id} ({}) is billed: {bills_of:?}", r.describe()));
+                v.push(format!(
+                    "run {id} ({}) is billed: {bills_of:?}",
+                    r.describe()
+                ));
             }
             if r.is_final() {
                 exempt += 1;
@@ -231,7 +264,10 @@ pub async fn billing_violations(db: &mongodb::Database) -> anyhow::Result<(Vec<S
         }
         billable += 1;
         *spent.entry(r.user_id.clone()).or_default() += r.billed;
-        if bills_of.len() != 1 || r.bill_state != "billed" || r.bill_id.as_deref() != Some(&bills_of[0]) {
+        if bills_of.len() != 1
+            || r.bill_state != "billed"
+            || r.bill_id.as_deref() != Some(&bills_of[0])
+        {
             v.push(format!(
                 "run {id} ({}): state {}, bill_id {:?}, on bills {bills_of:?}",
                 r.describe(),
@@ -322,7 +358,15 @@ pub fn render(rows: &[Row]) -> String {
     let _ = writeln!(
         s,
         "{:<20} {:>8} {:>11} {:>5} {:>5} {:>5} {:>8} {:>10} {:>6}  verdict",
-        "fault", "accepted", "ended right", "lost", "wrong", "twice", "dup msgs", "recovery s", "exits"
+        "fault",
+        "accepted",
+        "ended right",
+        "lost",
+        "wrong",
+        "twice",
+        "dup msgs",
+        "recovery s",
+        "exits"
     );
     for r in rows {
         let t = &r.tally;

@@ -121,16 +121,26 @@ pub async fn inject(fault: Fault, ctx: &mut Ctx) -> anyhow::Result<Injected> {
     let cleared = match fault {
         Fault::RabbitStopApp => {
             ctx.rabbit.stop_app().await?;
+            let stopped = Instant::now();
             tokio::time::sleep(RABBIT_STOPPED).await;
+            let starting = Instant::now();
             ctx.rabbit.start_app().await?;
-            notes.push(format!("application stopped for {}", secs(t0)));
+            notes.push(format!(
+                "stop_app took {}, stopped {}, start_app took {}",
+                format_args!("{:.1} s", (stopped - t0).as_secs_f64()),
+                format_args!("{:.1} s", (starting - stopped).as_secs_f64()),
+                secs(starting)
+            ));
             Instant::now()
         }
         Fault::RabbitKill => {
             ctx.rabbit.kill();
             tokio::time::sleep(DOWN).await;
             ctx.rabbit.restart().await?;
-            notes.push(format!("broker down for {} (killed, then booted)", secs(t0)));
+            notes.push(format!(
+                "broker down for {} (killed, then booted)",
+                secs(t0)
+            ));
             Instant::now()
         }
         Fault::MongoKill => {
@@ -227,7 +237,9 @@ async fn one_leader(p: &Platform) -> anyhow::Result<String> {
 async fn busy_worker(ctx: &Ctx) -> anyhow::Result<(String, String)> {
     let workers = ctx.platform.worker_ids();
     let ids: Vec<&String> = workers.keys().collect();
-    let runs = ctx.db.collection::<bson::Document>(schemas::names::collections::RUNS);
+    let runs = ctx
+        .db
+        .collection::<bson::Document>(schemas::names::collections::RUNS);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20) {
         let running: Vec<bson::Document> = runs
@@ -260,7 +272,9 @@ async fn kill_victim_container(ctx: &Ctx) -> anyhow::Result<(String, String)> {
     )
     .await
     .context("the victim invocation was not accepted")?;
-    let runs = ctx.db.collection::<bson::Document>(schemas::names::collections::RUNS);
+    let runs = ctx
+        .db
+        .collection::<bson::Document>(schemas::names::collections::RUNS);
     let t0 = Instant::now();
     loop {
         let d = runs.find_one(doc! {"_id": &run_id}).await?;
@@ -283,7 +297,11 @@ async fn kill_victim_container(ctx: &Ctx) -> anyhow::Result<(String, String)> {
         .list_containers(Some(bollard::query_parameters::ListContainersOptions {
             filters: Some(HashMap::from([(
                 "label".to_owned(),
-                vec![format!("{}={}", worker::docker::LABEL_FUNCTION, ctx.victim_key)],
+                vec![format!(
+                    "{}={}",
+                    worker::docker::LABEL_FUNCTION,
+                    ctx.victim_key
+                )],
             )])),
             ..Default::default()
         }))
@@ -301,6 +319,9 @@ async fn kill_victim_container(ctx: &Ctx) -> anyhow::Result<(String, String)> {
             killed.push(id[..12.min(id.len())].to_owned());
         }
     }
-    anyhow::ensure!(!killed.is_empty(), "no container of the victim function was found");
+    anyhow::ensure!(
+        !killed.is_empty(),
+        "no container of the victim function was found"
+    );
     Ok((killed.join(","), run_id))
 }

@@ -97,17 +97,19 @@ impl Ledger {
     pub fn args(&self, sleep_s: Option<f64>) -> (Value, Expect) {
         let n = self.nonce.fetch_add(1, Ordering::SeqCst);
         let (a, b) = ((n * 7919) % 100_003, (n * 104_729) % 1_000_033);
-        let sleep = sleep_s.unwrap_or(if n % 3 == 0 {
-            0.25 * (1 + n % 5) as f64
-        } else {
-            0.0
+        let sleep = sleep_s.unwrap_or(match n % 3 {
+            0 => 0.25 * (1 + n % 5) as f64,
+            _ => 0.0,
         });
         let nonce = format!("{}-{n}", tests::rand_id());
         let expect = Expect {
             sum: (a + b) as i64,
             nonce: nonce.clone(),
         };
-        (json!({"a": a, "b": b, "nonce": nonce, "sleep": sleep}), expect)
+        (
+            json!({"a": a, "b": b, "nonce": nonce, "sleep": sleep}),
+            expect,
+        )
     }
 
     /// Records an accepted run.

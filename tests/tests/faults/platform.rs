@@ -132,13 +132,17 @@ impl Platform {
         .await?;
         p.spawn("d2")?;
         let gw = p.url("gw", "/healthz");
-        p.wait(Duration::from_secs(60), "the gateway is healthy", || async {
-            p.http
-                .get(&gw)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
+        p.wait(
+            Duration::from_secs(60),
+            "the gateway is healthy",
+            || async {
+                p.http
+                    .get(&gw)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
         .await?;
         tokio::spawn(supervise(Arc::downgrade(&p)));
         Ok(p)
@@ -193,6 +197,21 @@ impl Platform {
         start(p, &self.log_of(name), &self.rust_log)
     }
 
+    /// SIGKILLs every component and starts it again, as an operator would a wedged platform
+    /// (so that each fault starts from a working one).
+    pub fn restart_all(&self) -> anyhow::Result<()> {
+        let mut st = self.lock();
+        for p in &mut st.procs {
+            if let Some(mut c) = p.child.take() {
+                send_signal(c.id(), "CONT", false);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            start(p, &self.log_of(&p.name.clone()), &self.rust_log)?;
+        }
+        Ok(())
+    }
+
     /// Sends `sig` to `name`. `KILL` keeps it down (reaped, not restarted) until
     /// [`Platform::spawn`].
     pub fn signal(&self, name: &str, sig: &str) -> anyhow::Result<()> {
@@ -206,7 +225,10 @@ impl Platform {
             .child
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
-        anyhow::ensure!(send_signal(child.id(), sig, false), "kill -{sig} {name} failed");
+        anyhow::ensure!(
+            send_signal(child.id(), sig, false),
+            "kill -{sig} {name} failed"
+        );
         if sig == "KILL" {
             let _ = child.wait();
             p.child = None;
@@ -249,7 +271,12 @@ impl Platform {
     }
 
     /// Waits until `check` holds, up to `deadline`.
-    pub async fn wait<F, Fut>(&self, deadline: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+    pub async fn wait<F, Fut>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        mut check: F,
+    ) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -268,7 +295,10 @@ impl Platform {
         self.stopping.store(true, Ordering::SeqCst);
         let pids: Vec<u32> = {
             let st = self.lock();
-            st.procs.iter().filter_map(|p| p.child.as_ref().map(Child::id)).collect()
+            st.procs
+                .iter()
+                .filter_map(|p| p.child.as_ref().map(Child::id))
+                .collect()
         };
         for pid in &pids {
             send_signal(*pid, "CONT", false);
@@ -295,7 +325,9 @@ impl Platform {
     /// The billing job's command, against the platform's database.
     pub fn billing_command(&self) -> Command {
         let mut cmd = Command::new(&self.billing.0);
-        cmd.env_clear().envs(&self.billing.1).env("RUST_LOG", "warn");
+        cmd.env_clear()
+            .envs(&self.billing.1)
+            .env("RUST_LOG", "warn");
         cmd
     }
 
@@ -332,6 +364,7 @@ fn start(p: &mut Proc, log: &Path, rust_log: &str) -> anyhow::Result<()> {
         .env_clear()
         .envs(&p.env)
         .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -355,8 +388,7 @@ async fn supervise(p: std::sync::Weak<Platform>) {
             let State { procs, exits } = &mut *st;
             let now = Instant::now();
             for c in procs.iter_mut() {
-                if let Some(status) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten())
-                {
+                if let Some(status) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
                     exits.push(Exit {
                         name: c.name.clone(),
                         status: status.to_string(),
