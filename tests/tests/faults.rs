@@ -62,40 +62,11 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
     let logs = logs_dir();
     let tmp = TempDir::new();
     let mut teardown = Teardown::default();
-    let dirs = ["rabbitmq", "zookeeper", "mongodb"].map(|d| tmp.0.join(d));
-    let (rabbit, zk, mongo) = tokio::join!(
-        RabbitNode::start(&dirs[0]),
-        ZkServer::start(&dirs[1]),
-        MongoServer::start(&dirs[2]),
-    );
-    let (rabbit, zk, mongo) = (
-        rabbit.expect("starting the suite's RabbitMQ node"),
-        zk.expect("starting the suite's ZooKeeper"),
-        mongo.expect("starting the suite's MongoDB"),
-    );
+    let (rabbit, zk, mongo) = start_services(&tmp.0).await;
     let sb = Sandbox::on("faults", &mongo.uri(), &rabbit.url()).await;
-    let (user, key) = sb.seed_tenant(1_000_000_000_000).await;
-    seed(
-        &sb,
-        &user,
-        "adder",
-        Resources::new(250, 64, 32),
-        5_000,
-        ADDER,
-    )
-    .await;
-    // Its own size, so that no spare container takes its first run: the container the suite
-    // kills is the one labelled with its function key.
-    let victim_src = format!("{ADDER}# the container fault's victim\n");
-    let victim = seed(
-        &sb,
-        &user,
-        "victim",
-        Resources::new(250, 96, 32),
-        10_000,
-        &victim_src,
-    )
-    .await;
+    let (key, victim_key) = seed_functions(&sb).await;
+    // Only the database is used from here on; the components have their own connections.
+    let _ = sb.conn.close(200, "seeded".into()).await;
 
     let platform = Platform::start(&sb, &zk.connect(), &tmp.0, &logs)
         .await
@@ -111,22 +82,73 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
         zk,
         mongo,
         platform: platform.clone(),
-        ledger: ledger.clone(),
+        ledger,
         target,
         db: sb.db.clone(),
         function: "adder".to_owned(),
         victim: "victim".to_owned(),
-        victim_key: schemas::function_key(&victim.id, victim.version),
+        victim_key,
     };
 
+    let (mut rows, mut checked) = run_phases(&faults, &mut ctx, &observer).await;
+    load.stop().await;
+    let tail = rows.len() - 1;
+    let end = finish(&ctx, &observer, &mut rows, &mut checked, tail).await;
+    observer.stop().await;
+    let failed = report(&ctx, &rows, &end, &logs);
+    platform.shutdown(Duration::from_secs(30)).await;
+    drop(ctx);
+    assert!(
+        failed.is_empty(),
+        "the fault suite failed:\n  {}\n(matrix above and in {})",
+        failed.join("\n  "),
+        logs.join("matrix.txt").display()
+    );
+}
+
+/// The suite's own RabbitMQ, ZooKeeper and MongoDB, in folders under `dir`.
+async fn start_services(dir: &Path) -> (RabbitNode, ZkServer, MongoServer) {
+    let dirs = ["rabbitmq", "zookeeper", "mongodb"].map(|d| dir.join(d));
+    let (rabbit, zk, mongo) = tokio::join!(
+        RabbitNode::start(&dirs[0]),
+        ZkServer::start(&dirs[1]),
+        MongoServer::start(&dirs[2]),
+    );
+    (
+        rabbit.expect("starting the suite's RabbitMQ node"),
+        zk.expect("starting the suite's ZooKeeper"),
+        mongo.expect("starting the suite's MongoDB"),
+    )
+}
+
+/// Seeds the tenant with its functions `adder` (the load) and `victim` (the container fault);
+/// returns the API key and the victim's function key.
+async fn seed_functions(sb: &Sandbox) -> (String, String) {
+    let (user, key) = sb.seed_tenant(1_000_000_000_000).await;
+    let small = Resources::new(250, 64, 32);
+    seed(sb, &user, "adder", small, 5_000, ADDER).await;
+    // Its own size, so that no spare container takes its first run: the container the suite
+    // kills is the one labelled with its function key.
+    let victim_src = format!("{ADDER}# the container fault's victim\n");
+    let size = Resources::new(250, 96, 32);
+    let victim = seed(sb, &user, "victim", size, 10_000, &victim_src).await;
+    (key, schemas::function_key(&victim.id, victim.version))
+}
+
+/// The baseline phase, one phase per fault, and the phase after them (left open: the load is
+/// still running). Returns the rows and, per row, the runs not final when it was checked.
+async fn run_phases(
+    faults: &[Fault],
+    ctx: &mut Ctx,
+    observer: &Observer,
+) -> (Vec<Row>, Vec<HashSet<String>>) {
     let mut rows = Vec::new();
-    let mut checked: Vec<HashSet<String>> = Vec::new();
-    // Phase 0: the platform under load, no fault.
+    let mut checked = Vec::new();
     let mut base = Row {
         fault: "baseline".to_owned(),
         ..Row::default()
     };
-    if wait_recovery(&ledger, Instant::now(), "adder", HEALTHY_WITHIN)
+    if wait_recovery(&ctx.ledger, Instant::now(), &ctx.function, HEALTHY_WITHIN)
         .await
         .is_none()
     {
@@ -134,52 +156,44 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
             .push("the platform never answered a sync call right".to_owned());
     }
     tokio::time::sleep(LOAD_AROUND).await;
-    ledger.set_phase(1);
-    checked.push(settle(&ctx, 0, &observer, &mut base).await);
+    ctx.ledger.set_phase(1);
+    checked.push(settle(ctx, 0, observer, &mut base).await);
     rows.push(base);
     for (i, fault) in faults.iter().enumerate() {
-        let (row, late) = run_fault(*fault, i + 1, &mut ctx, &observer).await;
+        let (row, late) = run_fault(*fault, i + 1, ctx, observer).await;
         rows.push(row);
         checked.push(late);
     }
-    let tail = faults.len() + 1;
     rows.push(Row {
         fault: "after the faults".to_owned(),
         ..Row::default()
     });
     checked.push(HashSet::new());
+    (rows, checked)
+}
 
-    load.stop().await;
-    let end = finish(&ctx, &observer, &mut rows, &mut checked, tail).await;
-    observer.stop().await;
-    let mut report = checks::render(&rows);
-    report.push_str(&end.join("\n"));
-    report.push('\n');
+/// Prints the matrix (and writes it to `matrix.txt`), keeps the services' logs, and returns
+/// every failure.
+fn report(ctx: &Ctx, rows: &[Row], end: &[String], logs: &Path) -> Vec<String> {
+    let mut text = checks::render(rows);
+    text.push_str(&end.join("\n"));
+    text.push('\n');
     for (what, files) in [
         ("rabbitmq", ctx.rabbit.logs()),
         ("zookeeper", ctx.zk.logs()),
         ("mongodb", ctx.mongo.logs()),
     ] {
-        keep_logs(&logs, what, &files);
+        keep_logs(logs, what, &files);
     }
     say(&format!(
-        "\n==== fault matrix ====\n{report}(logs: {})\n",
+        "\n==== fault matrix ====\n{text}(logs: {})\n",
         logs.display()
     ));
-    let _ = std::fs::write(logs.join("matrix.txt"), &report);
-    platform.shutdown(Duration::from_secs(30)).await;
-    drop(ctx);
-    let failed: Vec<String> = rows
-        .iter()
+    let _ = std::fs::write(logs.join("matrix.txt"), &text);
+    rows.iter()
         .flat_map(|r| r.failures.iter().map(move |f| format!("{}: {f}", r.fault)))
         .chain(end.iter().filter(|l| l.starts_with("FAIL")).cloned())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "the fault suite failed:\n  {}\n(matrix above and in {})",
-        failed.join("\n  "),
-        logs.join("matrix.txt").display()
-    );
+        .collect()
 }
 
 /// `FAULTS_ONLY=a,b`: those faults, in the suite's order; else all of them.
