@@ -49,6 +49,11 @@ const LOAD_AROUND: Duration = Duration::from_millis(1500);
 /// from a working platform.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 const STARTED_WITHIN: Duration = Duration::from_secs(60);
+/// Longest wait, after a fault, for the platform to be steady again (one leader, right sync
+/// answers) before the next fault's window begins.
+const STEADY_AFTER: Duration = Duration::from_secs(30);
+/// How often the suite asks both dispatchers whether they lead.
+const LEADER_SAMPLE: Duration = Duration::from_millis(250);
 /// Longest wait for a right sync answer after a fault (the bound itself is `Fault::bound`).
 const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait, after each fault, for its accepted runs to be final.
@@ -75,6 +80,7 @@ async fn faults_lose_nothing_run_nothing_twice_and_bill_once() {
     on_interrupt(platform.clone(), teardown.workers.clone(), tmp.0.clone());
     let observer = Observer::start(rabbit.url(), sb.names.clone());
     let ledger = Arc::new(Ledger::default());
+    watch_leaders(Arc::downgrade(&platform), ledger.clone());
     let target = Target::new(platform.url("gw", ""), key);
     let load = Load::start(ledger.clone(), target.clone(), "adder", LOAD_LIMIT);
     let mut ctx = Ctx {
@@ -279,6 +285,13 @@ async fn run_fault(
             .failures
             .push(format!("could not inject the fault: {e:#}")),
     }
+    if !steady(ctx, STEADY_AFTER).await {
+        row.notes.push(format!(
+            "not steady {} s after the fault (leaders: {:?})",
+            STEADY_AFTER.as_secs(),
+            ctx.platform.leaders().await
+        ));
+    }
     tokio::time::sleep(LOAD_AROUND).await;
     ctx.ledger.set_phase(phase + 1);
     let late = settle(ctx, phase, observer, &mut row).await;
@@ -292,25 +305,52 @@ async fn run_fault(
 /// Waits for a right sync answer; when none comes within [`HEALTHY_WITHIN`] (an earlier fault
 /// left the platform wedged), restarts every component and waits again.
 async fn healthy(ctx: &Ctx, row: &mut Row) -> Result<(), String> {
-    let t = Instant::now();
-    if wait_recovery(&ctx.ledger, t, &ctx.function, HEALTHY_WITHIN)
-        .await
-        .is_some()
-    {
+    if steady(ctx, HEALTHY_WITHIN).await {
         return Ok(());
     }
+    let leaders = ctx.platform.leaders().await;
     ctx.platform
         .restart_all()
         .map_err(|e| format!("could not restart the platform: {e:#}"))?;
     row.notes.push(format!(
-        "the platform answered no sync call right for {} s before the fault: every component was restarted",
+        "not steady for {} s before the fault (no right sync answer, or leaders {leaders:?}): \
+         every component was restarted",
         HEALTHY_WITHIN.as_secs()
     ));
-    let t = Instant::now();
-    match wait_recovery(&ctx.ledger, t, &ctx.function, STARTED_WITHIN).await {
-        Some(_) => Ok(()),
-        None => Err("the platform did not work even after a restart".to_owned()),
+    match steady(ctx, STARTED_WITHIN).await {
+        true => Ok(()),
+        false => Err("the platform did not work even after a restart".to_owned()),
     }
+}
+
+/// Waits up to `deadline` until exactly one dispatcher leads and a sync call sent after that
+/// is answered right.
+async fn steady(ctx: &Ctx, deadline: Duration) -> bool {
+    let t0 = Instant::now();
+    while ctx.platform.leaders().await.len() != 1 {
+        if t0.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = deadline.saturating_sub(t0.elapsed());
+    wait_recovery(&ctx.ledger, Instant::now(), &ctx.function, left)
+        .await
+        .is_some()
+}
+
+/// Samples both dispatchers' leader flags while the platform lives; two at once is noted on
+/// the current phase's row.
+fn watch_leaders(platform: std::sync::Weak<Platform>, ledger: Arc<Ledger>) {
+    tokio::spawn(async move {
+        while let Some(p) = platform.upgrade() {
+            if p.leaders().await.len() > 1 {
+                ledger.saw_two_leaders();
+            }
+            drop(p);
+            tokio::time::sleep(LEADER_SAMPLE).await;
+        }
+    });
 }
 
 /// Waits up to `deadline` for a right answer to a sync call of `function` sent at or after
@@ -363,6 +403,13 @@ async fn settle(ctx: &Ctx, phase: usize, observer: &Observer, row: &mut Row) -> 
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     row.tally = checks::tally(phase, &accepted, &runs, &observer.seen());
+    let two = ctx.ledger.two_leaders(phase);
+    if two > 0 {
+        row.notes.push(format!(
+            "two dispatchers said they led at once in {two} samples (~{:.1} s)",
+            f64::from(two) * LEADER_SAMPLE.as_secs_f64()
+        ));
+    }
     row.exits.extend(
         ctx.platform
             .take_exits()

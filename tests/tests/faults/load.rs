@@ -70,12 +70,14 @@ struct Book {
     refused: HashMap<usize, HashMap<u16, u64>>,
 }
 
-/// What the load was told, shared by the load tasks and the suite.
+/// What the load was told (and how often two dispatchers said they led at once), shared by
+/// the load tasks and the suite.
 #[derive(Debug, Default)]
 pub struct Ledger {
     phase: AtomicUsize,
     nonce: AtomicU64,
     book: Mutex<Book>,
+    two_leaders: Mutex<HashMap<usize, u32>>,
 }
 
 impl Ledger {
@@ -139,6 +141,27 @@ impl Ledger {
 
     fn sync_done(&self, call: SyncCall) {
         self.book().sync.push(call);
+    }
+
+    /// Records that two dispatchers said they led at once (one sample of the current phase).
+    pub fn saw_two_leaders(&self) {
+        let phase = self.phase();
+        *self
+            .two_leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(phase)
+            .or_default() += 1;
+    }
+
+    /// Samples of `phase` in which two dispatchers said they led.
+    pub fn two_leaders(&self, phase: usize) -> u32 {
+        self.two_leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&phase)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every accepted run.
