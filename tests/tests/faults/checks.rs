@@ -61,13 +61,10 @@ impl RunView {
     }
 
     fn describe(&self) -> String {
-        let what = match &self.error {
-            Some((code, msg)) => format!("{} ({code}: {msg})", self.status),
-            None => format!(
-                "{} {}",
-                self.status,
-                self.result.clone().unwrap_or(Value::Null)
-            ),
+        let what = match (&self.error, &self.result) {
+            (Some((code, msg)), _) => format!("{} ({code}: {msg})", self.status),
+            (None, Some(v)) if self.status == "succeeded" => format!("{} {v}", self.status),
+            _ => self.status.clone(),
         };
         match &self.worker_id {
             Some(w) => format!("{what} [worker {w}, epoch {}]", self.epoch),
@@ -343,7 +340,6 @@ impl Row {
         if !self.exits.is_empty() {
             f.push(format!("exited by themselves: {}", self.exits.join(", ")));
         }
-        self.failures.retain(|x| !x.is_empty());
         for x in f {
             if !self.failures.contains(&x) {
                 self.failures.push(x);
