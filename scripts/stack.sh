@@ -93,6 +93,15 @@ EOF
   log "zookeeper: up (127.0.0.1:2181)"
 }
 
+# The nx-27017 stand-in, installed into $STATE/venv (where no mongod exists).
+install_standin() {
+  local venv="$STATE/venv"
+  [ -x "$venv/bin/nx-27017" ] && return 0
+  log "mongodb: no mongod on PATH; installing the nx-27017 stand-in into $venv"
+  python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q nx-27017 >"$STATE/pip.log" 2>&1 || die "pip install nx-27017 failed (see $STATE/pip.log)"
+}
+
 start_mongodb() {
   if port_open 27017; then log "mongodb: already running"; return; fi
   if command -v mongod >/dev/null; then
@@ -102,11 +111,7 @@ start_mongodb() {
       --logpath "$STATE/mongod/mongod.log" >/dev/null || die "mongod failed (see $STATE/mongod/mongod.log)"
   else
     local venv="$STATE/venv"
-    if [ ! -x "$venv/bin/nx-27017" ]; then
-      log "mongodb: no mongod on PATH; installing the nx-27017 stand-in into $venv"
-      python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
-      "$venv/bin/pip" install -q nx-27017 >"$STATE/pip.log" 2>&1 || die "pip install nx-27017 failed (see $STATE/pip.log)"
-    fi
+    install_standin
     mkdir -p "$STATE/nx-data"
     log "mongodb: starting the nx-27017 stand-in"
     (cd "$STATE" && setsid "$venv/bin/nx-27017" --data-dir "$STATE/nx-data" --log-file "$STATE/nx-27017.log" \
@@ -116,6 +121,14 @@ start_mongodb() {
   log "mongodb: up (mongodb://127.0.0.1:27017)"
 }
 
+# The fault suite (tests/tests/faults.rs) runs RabbitMQ, ZooKeeper and MongoDB instances of its
+# own, on other ports and data folders: their programs must be installed even where the shared
+# services already run (e.g. started by someone else).
+fault_suite_programs() {
+  apt_install rabbitmq-server zookeeper
+  command -v mongod >/dev/null || install_standin
+}
+
 up() {
   local t0=$SECONDS
   check_docker
@@ -123,6 +136,7 @@ up() {
   start_rabbitmq
   start_zookeeper
   start_mongodb
+  fault_suite_programs
   apt_install mmdebstrap
   apt_install chromium chromium-driver # the portal's browser test (headless, via chromedriver)
   bash "$ROOT/scripts/build-images.sh"

@@ -16,6 +16,8 @@ use lapin::{Channel, Connection};
 use schemas::names::AmqpNames;
 use schemas::{CodeKind, InvocationMsg, Mode, Resources, ResultMsg, Runtime, TaskMsg};
 
+pub mod services;
+
 pub const MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -43,18 +45,27 @@ pub struct Sandbox {
     pub ch: Channel,
     pub names: AmqpNames,
     workers: Vec<String>,
+    mongodb_uri: String,
+    amqp_url: String,
 }
 
 impl Sandbox {
+    /// A sandbox on the shared services ([`MONGODB_URI`], [`AMQP_URL`]).
     pub async fn new(name: &str) -> Sandbox {
+        Sandbox::on(name, MONGODB_URI, AMQP_URL).await
+    }
+
+    /// A sandbox on other instances of MongoDB and RabbitMQ (e.g. ones a test kills, see
+    /// [`services`]); every component it starts is pointed at them.
+    pub async fn on(name: &str, mongodb_uri: &str, amqp_url: &str) -> Sandbox {
         init_logs();
         let id = rand_id();
         let prefix = format!("t-{name}-{id}");
         let db_name = format!("t_{id}");
-        let db = common::mongo::connect(MONGODB_URI, &db_name)
+        let db = common::mongo::connect(mongodb_uri, &db_name)
             .await
             .expect("MongoDB is up (run scripts/stack.sh)");
-        let conn = common::amqp::connect(AMQP_URL, &format!("test {name}"))
+        let conn = common::amqp::connect(amqp_url, &format!("test {name}"))
             .await
             .expect("RabbitMQ is up (run scripts/stack.sh)");
         let ch = common::amqp::confirm_channel(&conn).await.unwrap();
@@ -69,15 +80,17 @@ impl Sandbox {
             ch,
             names,
             workers: Vec::new(),
+            mongodb_uri: mongodb_uri.to_owned(),
+            amqp_url: amqp_url.to_owned(),
         }
     }
 
     /// The environment a component of this sandbox reads.
     pub fn env(&self, extra: &[(&str, &str)]) -> Env {
         let mut env: Env = HashMap::from([
-            ("MONGODB_URI".to_owned(), MONGODB_URI.to_owned()),
+            ("MONGODB_URI".to_owned(), self.mongodb_uri.clone()),
             ("MONGODB_DB".to_owned(), self.db_name.clone()),
-            ("AMQP_URL".to_owned(), AMQP_URL.to_owned()),
+            ("AMQP_URL".to_owned(), self.amqp_url.clone()),
             ("COLORFAAS_AMQP_PREFIX".to_owned(), self.prefix.clone()),
         ]);
         for (k, v) in extra {
@@ -658,6 +671,15 @@ impl Sandbox {
 
     /// Starts a workspace binary (built by `cargo build`) as a child process of this sandbox.
     pub fn spawn_binary(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
+        self.binary_command(name, extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning a binary")
+    }
+
+    /// The command that runs a workspace binary (built by `cargo build`) with this sandbox's
+    /// environment plus `extra` and the test's `RUST_LOG`; the caller adds redirections.
+    pub fn binary_command(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Command {
         let target = std::env::var("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -667,16 +689,12 @@ impl Sandbox {
             "{} is not built; run `cargo build --workspace` first",
             bin.display()
         );
-        std::process::Command::new(bin)
-            .env_clear()
-            .envs(self.env(extra))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawning a binary")
+        let mut cmd = std::process::Command::new(bin);
+        cmd.env_clear().envs(self.env(extra)).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        cmd
     }
 
     /// Publishes an invocation as the gateway would.
