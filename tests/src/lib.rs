@@ -30,6 +30,25 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// The `/metrics` text of a component serving HTTP at `addr`.
+pub async fn metrics_text(addr: &std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("the component serves /metrics")
+        .text()
+        .await
+        .expect("a /metrics body")
+}
+
+/// The value of an unlabelled metric in a component's `/metrics` (0 when absent).
+pub async fn metric(addr: &std::net::SocketAddr, name: &str) -> f64 {
+    metrics_text(addr)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A short random id.
 pub fn rand_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use schemas::{InvocationMsg, Resources, RunStatus, Runtime};
+use schemas::{InvocationMsg, Resources, ResultMsg, RunStatus, Runtime};
 use tests::{eventually, Sandbox};
 
 const ECHO: &str = "def handle(e, c):\n    return e\n";
@@ -187,18 +187,41 @@ async fn a_dead_workers_queued_tasks_run_elsewhere() {
     for n in 0..total {
         sb.publish_invocation(&fresh(&inv, n)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Kill A once it is running tasks (its first result is in), while it still holds more.
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    let record = |r: ResultMsg, got: &mut HashMap<u64, u32>| {
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+        *got.entry(r.result.unwrap()["n"].as_u64().unwrap())
+            .or_default() += 1;
+    };
+    loop {
+        let r = replies
+            .next(Duration::from_secs(60))
+            .await
+            .expect("worker A runs tasks");
+        let from_a = r.worker_id == a_id;
+        record(r, &mut got);
+        if from_a {
+            break;
+        }
+    }
     tests::signal(&a, "KILL");
     let _ = a.wait();
-    let mut got = HashSet::new();
     while (got.len() as u64) < total {
         let r = replies
             .next(Duration::from_secs(60))
             .await
             .unwrap_or_else(|| panic!("lost tasks: {} of {total} came back", got.len()));
-        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
-        got.insert(r.result.unwrap()["n"].as_u64().unwrap());
+        record(r, &mut got);
     }
+    assert!(
+        replies.next(Duration::from_secs(2)).await.is_none(),
+        "a task ran twice"
+    );
+    assert!(got.values().all(|&c| c == 1), "a task ran twice: {got:?}");
+    // A held tasks when it died, and the dispatcher took them back.
+    let requeued = tests::metric(&d.addr, "colorfaas_dispatcher_requeued_total").await;
+    assert!(requeued > 0.0, "the dead worker held no tasks to take back");
     // Clean up what the killed worker left.
     let docker = bollard::Docker::connect_with_defaults().unwrap();
     for c in sb.containers_of(&a_id).await {
@@ -230,7 +253,6 @@ async fn two_flooding_users_converge_to_the_drf_allocation() {
             ("WORKER_HEARTBEAT", "200ms"),
         ])
         .await;
-    let d = sb.start_dispatcher(&[]).await;
     let mut replies = sb.reply_queue().await;
     let src = "import time\ndef handle(e, c):\n    time.sleep(0.4)\n    return e\n";
     let mut a = sb
@@ -250,11 +272,17 @@ async fn two_flooding_users_converge_to_the_drf_allocation() {
     b.user_id = "user-b".into();
     b.resources = Resources::new(250, 512, 16);
     b.reply_to = Some(replies.name.clone());
+    // All of A's invocations are queued before any of B's: a first-come scheduler would run
+    // A's 30 first; DRF interleaves the two users from the start.
     let per_user = 30u64;
     for n in 0..per_user {
         sb.publish_invocation(&fresh(&a, n)).await;
+    }
+    for n in 0..per_user {
         sb.publish_invocation(&fresh(&b, n)).await;
     }
+    // The dispatcher starts with the whole backlog queued, so what it runs first is its choice.
+    let d = sb.start_dispatcher(&[]).await;
     // While both have work queued, sample the workers' running sets through heartbeats.
     let mut done = 0;
     let mut counts: HashMap<String, u64> = HashMap::new();
@@ -328,8 +356,11 @@ async fn a_paused_leader_cannot_dispatch_after_its_session_expired() {
     let stopped = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     tests::signal(&d1, "CONT");
-    let resumed = Instant::now();
+    let resumed_ms = schemas::now_ms();
     let mut counts: HashMap<u64, u32> = HashMap::new();
+    // Epochs of the runs that started after d1 woke up. d1 still held most invocations then
+    // (its AMQP connection outlived the pause, so nobody else could take them): at least one
+    // run starts after it resumed, and none of those may carry d1's stale epoch.
     let mut after: Vec<u64> = Vec::new();
     while (counts.len() as u64) < total {
         let r = replies
@@ -337,7 +368,7 @@ async fn a_paused_leader_cannot_dispatch_after_its_session_expired() {
             .await
             .unwrap_or_else(|| panic!("lost invocations: {} of {total}", counts.len()));
         assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
-        if Instant::now() > resumed + Duration::from_secs(2) {
+        if r.started_at_ms.expect("a worker run has a start") >= resumed_ms {
             after.push(r.epoch);
         }
         *counts
@@ -349,6 +380,10 @@ async fn a_paused_leader_cannot_dispatch_after_its_session_expired() {
         "an invocation ran twice"
     );
     assert!(counts.values().all(|&c| c == 1));
+    assert!(
+        !after.is_empty(),
+        "no run started after the paused leader woke up"
+    );
     assert!(
         after.iter().all(|&e| e > 1),
         "a task of the paused leader ran: epochs {after:?}"

@@ -49,14 +49,7 @@ fn url(gw: &Component, path: &str) -> String {
 
 /// The gateway's `/metrics` text.
 async fn metrics_text(gw: &Component) -> String {
-    http()
-        .get(url(gw, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    tests::metrics_text(&gw.addr).await
 }
 
 async fn invoke(
