@@ -144,6 +144,11 @@ function flushLogs() {
   currentSock.write(Buffer.concat([hdr, data]));
 }
 
+// Log-stream mode: the current capture's new output leaves within FLUSH_MS.
+function scheduleFlush() {
+  if (LOG_STREAM && flushTimer === null) flushTimer = setTimeout(flushLogs, FLUSH_MS);
+}
+
 function endCapture() {
   current = null;
   if (flushTimer !== null) {
@@ -166,7 +171,7 @@ function interceptedWrite(chunk, encoding, cb) {
   }
   if (current !== null) {
     current.add(chunk, encoding);
-    if (LOG_STREAM && flushTimer === null) flushTimer = setTimeout(flushLogs, FLUSH_MS);
+    scheduleFlush();
   } else if (!LOG_STREAM) {
     // Between calls (timers, background work): the agent's stderr, never the
     // container's stdout.
@@ -384,11 +389,12 @@ async function handleRequest(payload) {
   if (loadError !== null) return errorFrame('load', loadError, pendingLogs);
 
   const cap = new Capture();
+  current = cap;
   if (pendingLogs) {
     cap.add(pendingLogs);
     pendingLogs = '';
+    scheduleFlush();
   }
-  current = cap;
   let result;
   let durationUs;
   const t0 = hrnow();

@@ -113,8 +113,8 @@ def _diag(msg):
 # ---------------------------------------------------------------------------
 
 # Guards the capture buffers (handler threads, the pump and the main thread all
-# add to them).
-_lock = threading.Lock()
+# add to them). Re-entrant: a signal handler that prints may interrupt an add.
+_lock = threading.RLock()
 # Held while a log chunk is sent, and while a call ends: no chunk of a call can
 # follow that call's answer on the socket.
 _send_lock = threading.Lock()
@@ -542,11 +542,11 @@ class PythonRuntime(object):
             return _error_frame("load", self.load_error, self.pending_logs)
 
         cap = _Capture()
+        _current = cap
         if self.pending_logs:
             cap.add(self.pending_logs)
             self.pending_logs = ""
         fn = self.fn
-        _current = cap
         t0 = _perf_ns()
         try:
             result = fn(event, ctx)
