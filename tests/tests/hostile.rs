@@ -323,6 +323,16 @@ def handle(e, c):
     time.sleep(30)
 "#;
 
+/// Closes the agent's connection to the worker, then hangs.
+const HANG_UP: &str = r#"
+import socket, sys, time
+def handle(e, c):
+    sys.modules['__main__']._conn.shutdown(socket.SHUT_RDWR)
+    time.sleep(30)
+"#;
+
+const HUGE_ERROR: &str = "def handle(e, c):\n    raise ValueError('e' * 10_000_000)\n";
+
 const WRITE_EVERYWHERE: &str = r#"
 import os
 def handle(e, c):
@@ -444,7 +454,12 @@ async fn attack(
         "attack {function}: {got} {status} {} after {:.0} ms; billed {ms} ms = {billed} micros; {}",
         code.unwrap_or("-"),
         took.as_secs_f64() * 1000.0,
-        run["error"]["message"].as_str().unwrap_or("")
+        run["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(140)
+            .collect::<String>()
     );
     run
 }
@@ -471,7 +486,7 @@ async fn hostile_functions_are_contained_billed_and_the_worker_keeps_serving() {
         .await;
     sb.seed_function(&other, "echo", py, "main.py", "main.handle", ECHO_PY)
         .await;
-    let fns: [(&str, &str, Resources, u64); 12] = [
+    let fns: [(&str, &str, Resources, u64); 14] = [
         (
             "import_loop",
             IMPORT_LOOP,
@@ -501,6 +516,8 @@ async fn hostile_functions_are_contained_billed_and_the_worker_keeps_serving() {
         ),
         ("deep", DEEP_JSON, small, 5000),
         ("forge", FORGE, small, 10_000),
+        ("hang_up", HANG_UP, small, 10_000),
+        ("huge_error", HUGE_ERROR, small, 10_000),
         (
             "everywhere",
             WRITE_EVERYWHERE,
@@ -784,7 +801,74 @@ async fn hostile_functions_are_contained_billed_and_the_worker_keeps_serving() {
             "{what}: {run}"
         );
     }
+    // A forged `bad_request` (the worker's requests are well formed): the function's failure.
+    let bad_request = frame(
+        br#"{"ok":false,"error":{"kind":"bad_request","message":"forged"},"logs":"","duration_us":1}"#,
+    );
+    let run = attack(
+        &client,
+        gw_addr,
+        &key,
+        "forge",
+        forged(&bad_request),
+        502,
+        "failed",
+        Some("function_error"),
+        1,
+        small,
+    )
+    .await;
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused its request"),
+        "{run}"
+    );
     serving("forge").await;
+
+    // 9b. The function closes its runtime's connection: its failure, billed.
+    let run = attack(
+        &client,
+        gw_addr,
+        &key,
+        "hang_up",
+        json!({}),
+        502,
+        "failed",
+        Some("function_error"),
+        1,
+        small,
+    )
+    .await;
+    assert!(
+        run["error"]["message"].as_str().unwrap().contains("closed"),
+        "{run}"
+    );
+    serving("hang_up").await;
+
+    // 9c. A 10 MB exception message: cut to 4 KiB, billed.
+    let run = attack(
+        &client,
+        gw_addr,
+        &key,
+        "huge_error",
+        json!({}),
+        502,
+        "failed",
+        Some("function_error"),
+        1,
+        small,
+    )
+    .await;
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.len() <= 4200 && message.starts_with("ValueError: eee"),
+        "{} bytes",
+        message.len()
+    );
+    assert!(run["logs"].as_str().unwrap().len() <= 64 * 1024 + 64);
+    serving("huge_error").await;
 
     // 10. Writing into /run/colorfaas, /code, / and the agent's socket; filling /tmp.
     let run = attack(
