@@ -69,10 +69,11 @@ const FUNCTION_CODES: [&str; 6] = [
     codes::OUT_OF_MEMORY,
     codes::TIMEOUT,
 ];
-const PLATFORM_CODES: [&str; 3] = [
+const PLATFORM_CODES: [&str; 4] = [
     codes::PLATFORM_WORKER,
     codes::PLATFORM_WORKER_LOST,
     codes::PLATFORM_NO_CAPACITY,
+    codes::PLATFORM_CONTAINER_LOST,
 ];
 
 fn known_code(code: &str, known: &[&'static str], fallback: &'static str) -> &'static str {

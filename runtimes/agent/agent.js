@@ -14,6 +14,12 @@
  * it (see agent.py for the init frame).
  *
  * Requests are processed strictly one at a time (across connections too).
+ *
+ * COLORFAAS_LOG_STREAM=1 (log-stream mode, what the worker uses; see agent.py):
+ * what a call prints is also sent ahead of its answer as log chunk frames (length
+ * header with the top bit set, then raw UTF-8), at most 20 ms after it was printed
+ * whenever the event loop is free, and output between calls is dropped rather
+ * than written to the container's own output.
  */
 
 const net = require('net');
@@ -32,6 +38,10 @@ const LOG_CAP = 65536;
 const TRUNC_MARK = '[truncated]\n';
 const MAX_RESULT = 6 * 1024 * 1024;
 const MAX_REQUEST = 64 * 1024 * 1024;
+const MAX_MESSAGE = 4096;
+const LOG_STREAM = process.env.COLORFAAS_LOG_STREAM === '1';
+const FLUSH_MS = 20;
+const LOG_FRAME = 0x80000000;
 
 const envInt = (name) => {
   const v = parseInt(process.env[name] || '0', 10);
@@ -80,13 +90,36 @@ class Capture {
     return Buffer.concat(this.parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : p)));
   }
 
+  // Forgets what was captured; returns [parts, bytes, cut].
+  _take() {
+    const taken = [this.parts, this.bytes, this.cut];
+    this.parts = [];
+    this.bytes = 0;
+    this.cut = false;
+    return taken;
+  }
+
+  // The unsent tail as raw bytes for a log frame (the worker decodes).
+  chunk() {
+    const all = this._buffer();
+    const cut = this.cut;
+    this._take();
+    if (!cut && all.length <= LOG_CAP) return all;
+    const keep = LOG_CAP - TRUNC_MARK.length;
+    return Buffer.concat([Buffer.from(TRUNC_MARK), all.subarray(Math.max(0, all.length - keep))]);
+  }
+
+  // The unsent tail as text (all of it unless logs are streamed).
   text() {
     if (this.bytes === 0) return '';
     if (!this.cut && this.bytes <= LOG_CAP) {
-      if (this.parts.every((p) => typeof p === 'string')) return this.parts.join('');
-      return this._buffer().toString('utf8');
+      const out = this.parts.every((p) => typeof p === 'string')
+        ? this.parts.join('') : this._buffer().toString('utf8');
+      this._take();
+      return out;
     }
     const all = this._buffer();
+    this._take();
     const keep = LOG_CAP - TRUNC_MARK.length;
     let tail = all.subarray(Math.max(0, all.length - keep));
     let i = 0;
@@ -97,6 +130,32 @@ class Capture {
 }
 
 let current = null; // capture of the call in progress (or of the module load)
+let currentSock = null; // the connection of the request in progress
+let flushTimer = null;
+
+// Log-stream mode: sends what the current capture has not sent yet.
+function flushLogs() {
+  flushTimer = null;
+  const cap = current;
+  if (cap === null || currentSock === null || currentSock.destroyed || cap.bytes === 0) return;
+  const data = cap.chunk();
+  const hdr = Buffer.allocUnsafe(4);
+  hdr.writeUInt32BE((LOG_FRAME | data.length) >>> 0, 0);
+  currentSock.write(Buffer.concat([hdr, data]));
+}
+
+// Log-stream mode: the current capture's new output leaves within FLUSH_MS.
+function scheduleFlush() {
+  if (LOG_STREAM && flushTimer === null) flushTimer = setTimeout(flushLogs, FLUSH_MS);
+}
+
+function endCapture() {
+  current = null;
+  if (flushTimer !== null) {
+    clearTimeout(flushTimer);
+    flushTimer = null;
+  }
+}
 const realStderrWrite = process.stderr.write.bind(process.stderr);
 
 function diag(msg) {
@@ -112,7 +171,8 @@ function interceptedWrite(chunk, encoding, cb) {
   }
   if (current !== null) {
     current.add(chunk, encoding);
-  } else {
+    scheduleFlush();
+  } else if (!LOG_STREAM) {
     // Between calls (timers, background work): the agent's stderr, never the
     // container's stdout.
     try { realStderrWrite(chunk, encoding); } catch (_) { /* ignore */ }
@@ -151,16 +211,24 @@ function okFrame(resultJson, logs, durationUs) {
     ',"duration_us":' + durationUs + '}');
 }
 
+function bounded(msg) {
+  return msg.length > MAX_MESSAGE ? `${msg.slice(0, MAX_MESSAGE)}... [message truncated]` : msg;
+}
+
 function errMessage(e) {
-  if (e instanceof Error || (e && typeof e === 'object' && 'message' in e)) {
-    const name = e.name || (e.constructor && e.constructor.name) || 'Error';
-    const msg = String(e.message).split('\n')[0];
-    return msg ? `${name}: ${msg}` : name;
-  }
   try {
-    return `Uncaught ${typeof e === 'string' ? e : JSON.stringify(e)}`;
+    if (e instanceof Error || (e && typeof e === 'object' && 'message' in e)) {
+      const name = e.name || (e.constructor && e.constructor.name) || 'Error';
+      const msg = String(e.message).split('\n')[0];
+      return bounded(msg ? `${name}: ${msg}` : name);
+    }
+    return bounded(`Uncaught ${typeof e === 'string' ? e : JSON.stringify(e)}`);
   } catch (_) {
-    return `Uncaught ${String(e)}`;
+    try {
+      return bounded(`Uncaught ${String(e)}`);
+    } catch (_e) {
+      return 'Uncaught <unprintable>';
+    }
   }
 }
 
@@ -219,7 +287,7 @@ async function loadHandler() {
     if (!(e && e.colorfaasLoad)) cap.add(errStack(e));
     diag(`load error: ${loadError}`);
   } finally {
-    current = null;
+    endCapture();
   }
   pendingLogs = cap.text();
 }
@@ -321,11 +389,12 @@ async function handleRequest(payload) {
   if (loadError !== null) return errorFrame('load', loadError, pendingLogs);
 
   const cap = new Capture();
+  current = cap;
   if (pendingLogs) {
     cap.add(pendingLogs);
     pendingLogs = '';
+    scheduleFlush();
   }
-  current = cap;
   let result;
   let durationUs;
   const t0 = hrnow();
@@ -340,12 +409,12 @@ async function handleRequest(payload) {
     durationUs = Number((hrnow() - t0) / 1000n);
   } catch (e) {
     durationUs = Number((hrnow() - t0) / 1000n);
+    endCapture();
     cap.add(errStack(e));
-    current = null;
     return errorFrame('exception', errMessage(e), cap.text(), durationUs);
   } finally {
     failInflight = null;
-    current = null;
+    endCapture();
   }
 
   let resultJson;
@@ -374,11 +443,14 @@ async function drain() {
   while (queue.length > 0) {
     const [sock, payload] = queue.shift();
     let resp;
+    currentSock = sock;
     try {
       resp = await handleRequest(payload);
     } catch (e) {
       resp = errorFrame('bad_request', `agent error: ${errMessage(e)}`);
     }
+    endCapture();
+    currentSock = null;
     if (!sock.destroyed) sock.write(resp);
   }
   busy = false;

@@ -26,6 +26,21 @@ Environment:
   COLORFAAS_EXEC_CWD    default /tmp             (exec runtime working dir)
   COLORFAAS_DEFERRED    "1": start without a handler (a spare container) and
                         load it when the first frame, an init frame, names it
+  COLORFAAS_LOG_STREAM  "1": log-stream mode (what the worker uses), below
+
+Log-stream mode: while a call (or the module load) runs, what it printed is
+also sent ahead of the answer as log chunk frames, each at most 20 ms after it
+was printed, so the worker keeps the logs of a run it kills (timeout, memory):
+
+  log chunk: a 4-byte big-endian length with its top bit set (0x80000000 |
+             n), then n raw bytes of output (UTF-8, possibly cut anywhere);
+             the answer's "logs" then holds only what was not sent yet.
+
+Also fds 1 and 2 become a pipe the agent reads, so output of C code, child
+processes and os.write lands in the call's logs, and nothing reaches the
+container's own output (`docker logs`); output between calls is dropped.
+An exec call ends by killing every other process in the container (setsid
+escapees included).
 
 Deferred start (how the worker keeps spare containers ready before it knows
 which function they will serve): the agent listens at once; the worker then
@@ -50,6 +65,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 
@@ -64,6 +80,10 @@ TRUNC_MARK = "[truncated]\n"
 MAX_RESULT = 6 * 1024 * 1024       # 6 MiB, encoded result
 MAX_REQUEST = 64 * 1024 * 1024     # frames above this are refused
 DEADLINE_GRACE_MS = 1000           # exec: kill the child this long after the deadline
+MAX_MESSAGE = 4096                 # characters of an error message kept
+LOG_STREAM = os.environ.get("COLORFAAS_LOG_STREAM") == "1"
+FLUSH_S = 0.02                     # log-stream mode: a chunk leaves at most this long after it was printed
+LOG_FRAME = 0x80000000             # length-header bit of a log chunk frame (raw bytes, not JSON)
 
 _HDR = struct.Struct(">I")
 _pack = _HDR.pack
@@ -72,11 +92,15 @@ _perf_ns = time.perf_counter_ns
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _loads = json.loads
 
-# The real stderr, for the agent's own diagnostics (goes to `docker logs`).
+# The real stderr, for the agent's own diagnostics (goes to `docker logs`;
+# in log-stream mode only until the agent is serving, then nowhere).
 _real_err = sys.stderr
+_diag_on = True
 
 
 def _diag(msg):
+    if not _diag_on:
+        return
     try:
         _real_err.write("colorfaas-agent: %s\n" % msg)
         _real_err.flush()
@@ -88,29 +112,64 @@ def _diag(msg):
 # Log capture
 # ---------------------------------------------------------------------------
 
-class _Capture(object):
-    """Keeps the tail of what a call wrote; bounded memory."""
+# Guards the capture buffers (handler threads, the pump and the main thread all
+# add to them). Re-entrant: a signal handler that prints may interrupt an add.
+_lock = threading.RLock()
+# Held while a log chunk is sent, and while a call ends: no chunk of a call can
+# follow that call's answer on the socket.
+_send_lock = threading.Lock()
+_monotonic = time.monotonic
 
-    __slots__ = ("buf", "cut")
+
+class _Capture(object):
+    """Keeps the tail of what a call wrote and has not been sent yet; bounded
+    memory. `since` is when the oldest unsent byte arrived (0: nothing unsent)."""
+
+    __slots__ = ("buf", "cut", "since")
 
     def __init__(self):
         self.buf = bytearray()
         self.cut = False
+        self.since = 0.0
 
-    def add(self, data):
+    def add(self, data, wake=True):
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
-        buf = self.buf
-        buf += data
-        if len(buf) > 2 * LOG_CAP:
-            del buf[: len(buf) - LOG_CAP]
-            self.cut = True
+        first = False
+        with _lock:
+            buf = self.buf
+            if not buf and _wake_w >= 0:
+                self.since = _monotonic()
+                first = True
+            buf += data
+            if len(buf) > 2 * LOG_CAP:
+                del buf[: len(buf) - LOG_CAP]
+                self.cut = True
+        if first and wake:
+            _wake_pump()
+
+    def _take(self):
+        """The unsent bytes and whether some were cut before them; forgets them."""
+        with _lock:
+            buf, cut = self.buf, self.cut
+            self.buf = bytearray()
+            self.cut = False
+            self.since = 0.0
+        return buf, cut
+
+    def chunk(self):
+        """The unsent tail as raw bytes for a log frame (the worker decodes)."""
+        buf, cut = self._take()
+        if not cut and len(buf) <= LOG_CAP:
+            return bytes(buf)
+        return TRUNC_MARK.encode() + bytes(buf[len(TRUNC_MARK) - LOG_CAP:])
 
     def text(self):
-        buf = self.buf
+        """The unsent tail as text (all of it unless logs are streamed)."""
+        buf, cut = self._take()
         if not buf:
             return ""
-        if not self.cut and len(buf) <= LOG_CAP:
+        if not cut and len(buf) <= LOG_CAP:
             return buf.decode("utf-8", "replace")
         keep = LOG_CAP - len(TRUNC_MARK)
         tail = bytes(buf[-keep:])
@@ -123,13 +182,24 @@ class _Capture(object):
 
 # The capture of the call in progress (or of the module load); None between calls.
 _current = None
+# The worker's connection (log-stream mode sends log chunks on it).
+_conn = None
+# Write end of the pump's wake-up pipe (-1: no pump).
+_wake_w = -1
+
+
+def _end_capture():
+    """Ends the capture of the call in progress; after this no chunk of it is sent."""
+    global _current
+    with _send_lock:
+        _current = None
 
 
 def _route(data):
     cap = _current
     if cap is not None:
         cap.add(data)
-    else:
+    elif not LOG_STREAM:
         # Output between calls (background threads): the agent's stderr,
         # never the container's stdout.
         try:
@@ -139,6 +209,75 @@ def _route(data):
                 _real_err.buffer.write(data)
         except Exception:
             pass
+    # Log-stream mode: output between calls belongs to no run and is dropped.
+
+
+def _wake_pump():
+    try:
+        os.write(_wake_w, b"\0")
+    except OSError:
+        pass
+
+
+def _send_chunk(cap):
+    """Sends what `cap` has not sent yet as a log frame, if it is still current."""
+    with _send_lock:
+        conn = _conn
+        if cap is not _current or conn is None:
+            return
+        data = cap.chunk()
+        if data:
+            try:
+                conn.sendall(_pack(LOG_FRAME | len(data)) + data)
+            except OSError:
+                pass
+
+
+def _pump(out_r, wake_r):
+    """Log-stream mode: reads what is written to fds 1 and 2 (C code, child
+    processes, os.write) into the current capture, and sends each capture's new
+    output to the worker at most FLUSH_S after it was printed, so a run killed
+    for its timeout or memory keeps what it printed."""
+    import select
+    poller = select.poll()
+    poller.register(out_r, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        cap = _current
+        timeout = None
+        if cap is not None and cap.since:
+            timeout = max(0, int((cap.since + FLUSH_S - _monotonic()) * 1000) + 1)
+        try:
+            events = poller.poll(timeout)
+        except InterruptedError:
+            continue
+        for fd, _ev in events:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                continue
+            if fd == out_r and data:
+                cap = _current
+                if cap is not None:
+                    cap.add(data, False)
+        cap = _current
+        if cap is not None and cap.since and _monotonic() - cap.since >= FLUSH_S:
+            _send_chunk(cap)
+
+
+def _start_pump():
+    """Log-stream mode: fds 1 and 2 become a pipe the pump reads, so nothing a
+    function writes ever reaches the container's own output (`docker logs`)."""
+    global _wake_w, _diag_on
+    out_r, out_w = os.pipe()
+    wake_r, _wake_w = os.pipe()
+    os.set_blocking(_wake_w, False)
+    os.dup2(out_w, 1)
+    os.dup2(out_w, 2)
+    os.close(out_w)
+    _diag_on = False
+    threading.Thread(target=_pump, args=(out_r, wake_r), name="colorfaas-log-pump",
+                     daemon=True).start()
 
 
 class _BinaryStream(io.RawIOBase):
@@ -250,8 +389,14 @@ def _ok_frame(result_json, logs, duration_us):
 
 def _exc_message(e):
     name = type(e).__name__
-    text = str(e)
-    return "%s: %s" % (name, text) if text else name
+    try:
+        text = str(e)
+    except Exception:
+        text = "<unprintable>"
+    msg = "%s: %s" % (name, text) if text else name
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[:MAX_MESSAGE] + "... [message truncated]"
+    return msg
 
 
 def _too_large(n):
@@ -382,7 +527,7 @@ class PythonRuntime(object):
         except _LoadError as e:
             self.load_error = str(e)
         finally:
-            _current = None
+            _end_capture()
         self.pending_logs = cap.text()
         if self.load_error is not None:
             _diag("load error: %s" % self.load_error)
@@ -397,11 +542,11 @@ class PythonRuntime(object):
             return _error_frame("load", self.load_error, self.pending_logs)
 
         cap = _Capture()
+        _current = cap
         if self.pending_logs:
             cap.add(self.pending_logs)
             self.pending_logs = ""
         fn = self.fn
-        _current = cap
         t0 = _perf_ns()
         try:
             result = fn(event, ctx)
@@ -413,7 +558,7 @@ class PythonRuntime(object):
             duration_us = (_perf_ns() - t0) // 1000
         except BaseException as e:
             duration_us = (_perf_ns() - t0) // 1000
-            _current = None
+            _end_capture()
             try:
                 tb = e.__traceback__
                 if tb is not None and tb.tb_frame.f_code is PythonRuntime.handle.__code__:
@@ -423,7 +568,7 @@ class PythonRuntime(object):
                 pass
             return _error_frame("exception", _exc_message(e), cap.text(), duration_us)
         finally:
-            _current = None
+            _end_capture()
 
         try:
             result_json = _dumps(result).encode("utf-8")
@@ -525,13 +670,17 @@ class ExecRuntime(object):
         env["COLORFAAS_DEADLINE_MS"] = str(ctx.deadline_ms)
         env["COLORFAAS_MEMORY_MB"] = str(ctx.memory_mb)
 
+        global _current
         cap = _Capture()
+        _current = cap
         try:
             status, out, out_len, duration_us = self._run(stdin_bytes, env, ctx.deadline_ms, cap)
         except OSError as e:
+            _end_capture()
             return _error_frame("load", "cannot execute %s: %s" % (self.handler, _exc_message(e)), cap.text())
         finally:
-            self._reap_orphans()
+            _end_capture()
+            self._kill_strays()
 
         if status != 0:
             if out:
@@ -716,6 +865,29 @@ class ExecRuntime(object):
         except OSError:
             pass
 
+    @classmethod
+    def _kill_strays(cls):
+        """Nothing a call started outlives it: as the container's PID 1 the
+        agent kills every other process in it (children that left the
+        program's session with setsid included), then reaps them."""
+        if os.getpid() != 1:
+            cls._reap_orphans()  # not in a container (local testing): never kill(-1)
+            return
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        deadline = _monotonic() + 1.0
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except OSError:  # ChildProcessError: none left
+                return
+            if pid == 0:
+                if _monotonic() > deadline:
+                    return
+                time.sleep(0.0005)
+
     @staticmethod
     def _reap_orphans():
         # The agent is PID 1 in the container: reap re-parented orphans.
@@ -867,6 +1039,8 @@ def main():
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     _install_streams()
+    if LOG_STREAM:
+        _start_pump()
     if RUNTIME not in ("exec", "python3", "python"):
         _diag("unknown COLORFAAS_RUNTIME %r" % RUNTIME)
         sys.exit(2)
@@ -876,16 +1050,19 @@ def main():
         rt = _new_runtime(HANDLER)
     srv = _listen()
     handle = rt.handle
+    global _conn
     while True:
         try:
             conn, _ = srv.accept()
         except InterruptedError:
             continue
+        _conn = conn
         try:
             _serve_connection(conn, handle)
         except OSError:
             pass  # the worker went away mid-frame; accept the next connection
         finally:
+            _conn = None
             try:
                 conn.close()
             except OSError:

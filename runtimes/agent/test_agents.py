@@ -5,12 +5,15 @@
 
 Builds nothing: run scripts/build-images.sh first. For each image
 (colorfaas/runtime-{python3,node,exec}:latest) it starts containers exactly as
-the worker does (read-only rootfs, no network, uid 10001, /code read-only,
-/run/colorfaas shared with the host) and talks the agent protocol over the
-Unix socket: 4-byte big-endian length + UTF-8 JSON, both directions.
+the worker does (read-only rootfs, no network, uid 10001, /code read-only, the
+agent's socket in a tmpfs of the container's own, reached through
+/proc/<pid>/root, log-stream mode) and talks the agent protocol over the Unix
+socket: 4-byte big-endian length + UTF-8 JSON, both directions, and log chunk
+frames (top bit of the length set) from the agent.
+
+Round-trip times are printed, not checked (timings belong in benchmarks).
 
 Environment:
-  COLORFAAS_TEST_RTT_LIMIT_US   python3 mean round-trip limit (default 200)
   COLORFAAS_TEST_SKIP_OOM=1     skip the OOM-kill observation
 Exit status 0 when every check passed.
 """
@@ -36,7 +39,7 @@ IMAGES = {
 AGENT_UID = 10001
 MAX_LOGS = 65536
 MAX_RESULT = 6 * 1024 * 1024
-RTT_LIMIT_US = float(os.environ.get("COLORFAAS_TEST_RTT_LIMIT_US", "200"))
+LOG_FRAME = 0x80000000
 ROUNDS = 1000
 
 # ---------------------------------------------------------------------------
@@ -109,9 +112,25 @@ class Conn(object):
         self.sock.sendall(struct.pack(">I", len(body)) + body)
 
     def recv(self):
-        hdr = self._recv_exact(4)
-        (n,) = struct.unpack(">I", hdr)
-        return json.loads(self._recv_exact(n).decode("utf-8"))
+        """The next answer; log chunks before it are joined in front of its logs (the
+        worker's way: the last MAX_LOGS bytes, marked when cut). `chunks` counts them."""
+        streamed = b""
+        chunks = 0
+        while True:
+            (n,) = struct.unpack(">I", self._recv_exact(4))
+            if not n & LOG_FRAME:
+                break
+            streamed += self._recv_exact(n & ~LOG_FRAME)
+            chunks += 1
+        r = json.loads(self._recv_exact(n).decode("utf-8"))
+        if isinstance(r, dict) and isinstance(r.get("logs"), str):
+            logs = streamed.decode("utf-8", "replace") + r["logs"]
+            raw = logs.encode("utf-8")
+            if len(raw) > MAX_LOGS:
+                logs = "[truncated]\n" + raw[-MAX_LOGS:].decode("utf-8", "ignore")
+            r["logs"] = logs
+            r["chunks"] = chunks
+        return r
 
     def _recv_exact(self, n):
         buf = bytearray()
@@ -144,9 +163,7 @@ class Container(object):
         base = tempfile.mkdtemp(prefix="colorfaas-agent-test-")
         _TMPDIRS.append(base)
         self.code_dir = os.path.join(base, "code")
-        self.sock_dir = os.path.join(base, "sock")
         os.mkdir(self.code_dir)
-        os.mkdir(self.sock_dir)
         os.chmod(base, 0o755)
         # The worker must make the code readable for uid 10001.
         os.chmod(self.code_dir, 0o755)
@@ -157,14 +174,15 @@ class Container(object):
             with open(path, "w") as f:
                 f.write(content)
             os.chmod(path, mode)
-        os.chown(self.sock_dir, AGENT_UID, AGENT_UID)
-        self.sock_path = os.path.join(self.sock_dir, "agent.sock")
         cmd = ["docker", "run", "-d", "--network", "none", "--read-only",
                "--user", "%d:%d" % (AGENT_UID, AGENT_UID),
                "--tmpfs", "/tmp:rw,size=64m,mode=1777",
+               "--tmpfs", "/run/colorfaas:rw,nosuid,nodev,noexec,size=64k,mode=0700,uid=%d,gid=%d"
+               % (AGENT_UID, AGENT_UID),
+               "--log-opt", "max-size=64k", "--log-opt", "max-file=1",
                "--memory", memory, "--pids-limit", "64",
                "-v", "%s:/code:ro" % self.code_dir,
-               "-v", "%s:/run/colorfaas:rw" % self.sock_dir,
+               "-e", "COLORFAAS_LOG_STREAM=1",
                "-e", ("COLORFAAS_DEFERRED=1" if deferred else "COLORFAAS_HANDLER=%s" % handler),
                "-e", "COLORFAAS_FUNCTION=adder", "-e", "COLORFAAS_VERSION=1",
                "-e", "COLORFAAS_MEMORY_MB=%d" % int(memory.rstrip("m")),
@@ -175,7 +193,10 @@ class Container(object):
             raise AgentError("docker run failed: %s" % p.stderr.strip())
         self.cid = p.stdout.strip()
         _CONTAINERS.append(self.cid)
-        # Like the worker: poll for the socket, then connect.
+        # Like the worker: the socket through the agent's root, as the host sees it.
+        self.pid = self.state().get("Pid", 0)
+        self.sock_dir = "/proc/%d/root/run/colorfaas" % self.pid
+        self.sock_path = os.path.join(self.sock_dir, "agent.sock")
         deadline = time.monotonic() + 30
         while not os.path.exists(self.sock_path):
             if time.monotonic() > deadline or not self.running():
@@ -218,7 +239,7 @@ class Container(object):
 # ---------------------------------------------------------------------------
 
 PY_MAIN = r'''
-import os, sys, logging
+import os, sys, logging, subprocess, time
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 with open("/tmp/loads", "a") as f:      # counts module executions
     f.write("x")
@@ -247,6 +268,14 @@ def handle(event, context):
         return "x" * (7 * 1024 * 1024)
     if op == "spam":
         sys.stdout.write("a" * 200000 + "END-OF-SPAM\n")
+        return 1
+    if op == "stream":
+        print("chunk-one-py")
+        time.sleep(0.1)
+        os.write(1, b"fd-one-py\n")
+        os.write(2, b"fd-two-py\n")
+        subprocess.run(["/bin/echo", "child-out-py"])
+        print("chunk-two-py")
         return 1
     if op == "state":
         with open("/tmp/loads") as f:
@@ -293,6 +322,11 @@ exports.handle = async (event, context) => {
     case 'spam':
       process.stdout.write('a'.repeat(200000) + 'END-OF-SPAM\n');
       return 1;
+    case 'stream':
+      console.log('chunk-one-node');
+      await new Promise((r) => setTimeout(r, 100));
+      console.log('chunk-two-node');
+      return 1;
     case 'state':
       return { calls, loads: fs.readFileSync('/tmp/loads', 'utf8').length, pid: process.pid };
     case 'asyncthrow':
@@ -329,6 +363,33 @@ esac
 '''
 
 EXEC_FAST = "#!/bin/sh\nexec cat\n"
+EXEC_ESCAPE = r'''#!/usr/bin/python3
+import json, os, sys, time
+event = sys.stdin.read()
+if "spawn" in event:
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            for fd in (0, 1, 2):
+                os.close(fd)
+            while True:
+                time.sleep(0.01)
+        os._exit(0)
+    os.wait()
+    print(json.dumps("spawned"))
+else:
+    others = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) in (1, os.getpid()):
+            continue
+        try:
+            state = open("/proc/%s/stat" % p).read().rsplit(") ", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            others.append(int(p))
+    print(json.dumps(others))
+'''
 EXEC_NOEXEC_SHEBANG = "#!/bin/sh\nread x\necho \"{\\\"shebang\\\":$x}\"\n"
 EXEC_NOEXEC_PLAIN = "echo hello\n"
 
@@ -517,6 +578,12 @@ def test_python3():
         check(is_err(r, "bad_result") and r["error"]["message"] == "result too large (%d bytes > %d)"
               % (7 * 1024 * 1024 + 2, MAX_RESULT), "7 MiB result -> bad_result 'result too large (...)'", r)
         check_logs_truncated(conn.call({"op": "spam"}), "python3")
+        r = conn.call({"op": "stream"})
+        logs = r.get("logs", "")
+        order = [logs.find(m) for m in ("chunk-one-py", "fd-one-py", "fd-two-py", "child-out-py", "chunk-two-py")]
+        check(is_ok(r) and r.get("chunks", 0) >= 1 and -1 not in order and order == sorted(order),
+              "log-stream mode: output is sent ahead of the answer in chunks; fd 1/2 writes and "
+              "child processes' output land in the call's logs, in order", r)
         check_bad_request(conn)
 
         unicode_ev = {"s": "h\u00e9llo \u2603 \U0001F600", "n": [1, 2.5, None, True]}
@@ -534,7 +601,7 @@ def test_python3():
         conn.close()
         check(c.running(), "the agent is still running after all of the above")
         check_no_leak(c, ["log-marker-py", "stderr-marker-py", "logging-marker-py", "before-div0",
-                          "END-OF-SPAM", "init-marker-py"])
+                          "END-OF-SPAM", "init-marker-py", "fd-one-py", "fd-two-py", "child-out-py"])
     finally:
         c.remove()
 
@@ -588,6 +655,11 @@ def test_node():
         check(is_err(r, "bad_result") and r["error"]["message"] == "result too large (%d bytes > %d)"
               % (7 * 1024 * 1024 + 2, MAX_RESULT), "7 MiB result -> bad_result 'result too large (...)'", r)
         check_logs_truncated(conn.call({"op": "spam"}), "node")
+        r = conn.call({"op": "stream"})
+        logs = r.get("logs", "")
+        check(is_ok(r) and r.get("chunks", 0) >= 1
+              and 0 <= logs.find("chunk-one-node") < logs.find("chunk-two-node"),
+              "log-stream mode: output is sent ahead of the answer in chunks", r)
         check_bad_request(conn)
         unicode_ev = {"s": "h\u00e9llo \u2603 \U0001F600", "n": [1, 2.5, None, True]}
         r = conn.call(unicode_ev)
@@ -664,6 +736,17 @@ def test_exec():
     finally:
         c.remove()
 
+    c = Container("exec", "escape.py", {"escape.py": (EXEC_ESCAPE, 0o755)})
+    try:
+        conn = c.connect()
+        r = conn.call({"op": "spawn"})
+        check(is_ok(r) and r["result"] == "spawned", "exec: a call leaves a setsid grandchild behind", r)
+        r = conn.call({"op": "list"})
+        check(is_ok(r) and r["result"] == [], "exec: the next call finds no process left", r)
+        conn.close()
+    finally:
+        c.remove()
+
     c = Container("exec", "run.sh", {"run.sh": (EXEC_NOEXEC_SHEBANG, 0o644)})
     try:
         conn = c.connect()
@@ -706,7 +789,7 @@ def observe_oom():
 
 def main():
     if os.geteuid() != 0:
-        print("test_agents: run as root (the socket directory must be chowned to uid %d)" % AGENT_UID)
+        print("test_agents: run as root (the agent's socket is reached through /proc/<pid>/root)")
         return 2
     for rt, image in IMAGES.items():
         p = subprocess.run(["docker", "image", "inspect", image], stdout=subprocess.DEVNULL,
@@ -726,9 +809,6 @@ def main():
                 observe_oom()
             except Exception as e:
                 check(False, "observe_oom raised %s: %s" % (type(e).__name__, e))
-        if "python3" in RTT:
-            check(RTT["python3"] < RTT_LIMIT_US, "python3 mean round trip %.1f us < %.0f us"
-                  % (RTT["python3"], RTT_LIMIT_US))
     finally:
         _cleanup()
     print("\nmean round trip per request: %s" % ", ".join("%s %.1f us" % kv for kv in RTT.items()))

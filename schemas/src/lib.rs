@@ -182,6 +182,9 @@ pub mod run_error_codes {
     pub const PLATFORM_WORKER_LOST: &str = "platform_worker_lost";
     /// No live worker can ever hold the function's demand.
     pub const PLATFORM_NO_CAPACITY: &str = "platform_no_capacity";
+    /// The run's container was killed or removed by someone other than its worker (`docker
+    /// kill`, `docker rm -f`, a Docker daemon stop) while the run was in it.
+    pub const PLATFORM_CONTAINER_LOST: &str = "platform_container_lost";
 }
 
 /// Limits shared by the gateway, portal and worker.

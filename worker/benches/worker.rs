@@ -1,7 +1,9 @@
 //! Worker benchmark (a program that prints figures): warm latency and cold start from publish to
-//! result (from a spare container, and with none: container create -> result), warm throughput
-//! with 2 containers, the worker's idle memory with 10 warm containers, and the floors — a
-//! direct round trip to a warm agent with no queue in between, and Docker's own create + start.
+//! result (from a spare container, and with none: container create -> result), warm latency
+//! with idle containers frozen between calls (the default) and not (`WORKER_FREEZE_IDLE=0`),
+//! warm throughput with 2 containers, the worker's idle memory with 10 warm containers, and the
+//! floors — a direct round trip to a warm agent with no queue in between, a freeze + thaw of a
+//! container (cgroup freezer, and Docker's pause + unpause), and Docker's own create + start.
 //!
 //! Needs the local stack (`scripts/stack.sh`). Run: `cargo bench -p worker --bench worker`.
 
@@ -306,9 +308,39 @@ async fn main() {
         warm.record(d.as_micros() as u64).unwrap();
     }
 
+    // Warm latency with idle containers not frozen: a worker of its own, same function.
+    let main_worker = b.worker_id.clone();
+    let thawed_worker = format!("{main_worker}n");
+    let mut thawed_child = spawn(
+        &thawed_worker,
+        "thawed",
+        &[
+            ("WORKER_ADDR", "127.0.0.1:0"),
+            ("WORKER_FREEZE_IDLE", "0"),
+            ("WORKER_SPARES", "0"),
+            ("WORKER_PREWARM", ""),
+        ],
+    );
+    wait_consumer(&conn, &b.names.worker_queue(&thawed_worker)).await;
+    b.worker_id = thawed_worker.clone();
+    for _ in 0..200 {
+        b.call(&noop).await;
+    }
+    let mut warm_thawed = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..3000 {
+        let (d, r) = b.call(&noop).await;
+        assert!(!r.cold_start);
+        warm_thawed.record(d.as_micros() as u64).unwrap();
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(thawed_child.id().unwrap().to_string())
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), thawed_child.wait()).await;
+    b.worker_id = main_worker.clone();
+
     // Throughput with 2 warm containers of one function: keep 64 tasks in flight, on a worker
     // with room for exactly 2 containers of it (more would be started otherwise).
-    let main_worker = b.worker_id.clone();
     let tput_worker = format!("{main_worker}t");
     let mut tput_child = spawn(
         &tput_worker,
@@ -410,6 +442,24 @@ async fn main() {
             floor.record(t.elapsed().as_micros() as u64).unwrap();
         }
     }
+    // A freeze + thaw of the idle container: the cgroup freezer (what the worker does), and
+    // Docker's pause + unpause (its fallback).
+    let mut freeze_cgroup = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        containers.freeze(&mut c).await.unwrap();
+        containers.thaw(&mut c).await.unwrap();
+        freeze_cgroup
+            .record(t.elapsed().as_micros() as u64)
+            .unwrap();
+    }
+    let mut pause_docker = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..50 {
+        let t = Instant::now();
+        containers.docker().pause_container(&c.id).await.unwrap();
+        containers.docker().unpause_container(&c.id).await.unwrap();
+        pause_docker.record(t.elapsed().as_micros() as u64).unwrap();
+    }
     containers.remove(&c.id, &c.name).await;
 
     // Stop the worker cleanly (SIGTERM) and check it left nothing behind.
@@ -436,14 +486,29 @@ async fn main() {
         pct(&docker_start, 0.99)
     );
     println!(
-        "  warm latency, publish -> result: p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
+        "  warm latency, frozen when idle, publish -> result: p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
         pct(&warm, 0.5),
         pct(&warm, 0.99)
+    );
+    println!(
+        "  warm latency, not frozen (WORKER_FREEZE_IDLE=0): p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
+        pct(&warm_thawed, 0.5),
+        pct(&warm_thawed, 0.99)
     );
     println!(
         "  floor, direct agent round trip:  p50 {:8.3} ms   p99 {:8.3} ms   (n=3000)",
         pct(&floor, 0.5),
         pct(&floor, 0.99)
+    );
+    println!(
+        "  floor, freeze + thaw (cgroup freezer): p50 {:8.3} ms   p99 {:8.3} ms   (n=1000)",
+        pct(&freeze_cgroup, 0.5),
+        pct(&freeze_cgroup, 0.99)
+    );
+    println!(
+        "  floor, docker pause + unpause:         p50 {:8.3} ms   p99 {:8.3} ms   (n=50)",
+        pct(&pause_docker, 0.5),
+        pct(&pause_docker, 0.99)
     );
     println!(
         "  overhead ratio (warm p50 / floor p50): {:.1}x",
@@ -459,6 +524,7 @@ async fn main() {
     for q in [
         b.names.worker_queue(&b.worker_id),
         b.names.worker_queue(&tput_worker),
+        b.names.worker_queue(&thawed_worker),
         b.names.invocations_queue(),
         b.names.dispatcher_results_queue(),
         b.names.callbacks_queue(),

@@ -73,6 +73,9 @@ pub struct Config {
     pub record_linger: Duration,
     /// Worker threads of the async runtime (`WORKER_THREADS`); 1 polls everything on one thread.
     pub threads: usize,
+    /// Idle containers are frozen between calls (cgroup freezer, else `docker pause`), so
+    /// nothing a function leaves running computes unbilled (`WORKER_FREEZE_IDLE`, default 1).
+    pub freeze_idle: bool,
 }
 
 fn duration(
@@ -83,6 +86,20 @@ fn duration(
 ) -> Result<Duration, ConfigError> {
     let raw = config::string(env, flag, key, default);
     config::parse_duration(&raw).map_err(|e| ConfigError::new(key, e))
+}
+
+/// A `0`/`1` (or `false`/`true`) variable.
+fn flag(env: &Env, key: &str, default: bool) -> Result<bool, ConfigError> {
+    match env
+        .get(key)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError::new(key, format!("{v:?} is not 0 or 1"))),
+    }
 }
 
 impl Config {
@@ -157,6 +174,7 @@ impl Config {
             prewarm,
             worker_id,
             threads: config::threads(env, flags.threads.as_deref(), "WORKER_THREADS", 1)?,
+            freeze_idle: flag(env, "WORKER_FREEZE_IDLE", true)?,
         })
     }
 }
@@ -178,6 +196,7 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(1));
         assert_eq!(c.spares, 1);
         assert_eq!(c.prewarm, Runtime::ALL.to_vec());
+        assert!(c.freeze_idle);
         let flags = Flags {
             memory_mb: Some("256".into()),
             ..Default::default()
@@ -207,6 +226,17 @@ mod tests {
             .unwrap()
             .prewarm
             .is_empty());
+        let env: Env = [("WORKER_FREEZE_IDLE".to_owned(), "0".to_owned())].into();
+        assert!(
+            !Config::from_env(&env, &Flags::default())
+                .unwrap()
+                .freeze_idle
+        );
+        let env: Env = [("WORKER_FREEZE_IDLE".to_owned(), "maybe".to_owned())].into();
+        assert!(Config::from_env(&env, &Flags::default())
+            .unwrap_err()
+            .to_string()
+            .starts_with("WORKER_FREEZE_IDLE"));
         let env: Env = [("WORKER_PREWARM".to_owned(), "none".to_owned())].into();
         assert!(Config::from_env(&env, &Flags::default())
             .unwrap()

@@ -7,6 +7,9 @@ pub mod code;
 pub mod config;
 mod consume;
 pub mod docker;
+pub mod events;
+mod exec;
+pub mod freezer;
 mod heartbeat;
 pub mod pool;
 mod reaper;
@@ -16,7 +19,7 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use common::amqp::{Link, LinkConfig};
@@ -24,19 +27,16 @@ use common::metrics::{Registry, Value};
 use common::pricing::Prices;
 use common::runstore::RunWriter;
 use schemas::names::AmqpNames;
-use schemas::run_error_codes as codes;
-use schemas::{
-    InvocationMsg, ResultMsg, RunError, RunStatus, RunningTask, TaskMsg, MESSAGE_VERSION,
-};
+use schemas::{RunStatus, RunningTask};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 pub use config::{Config, Flags};
 
-use crate::agent::{AgentContext, CallError};
 use crate::code::CodeCache;
-use crate::docker::{Container, Containers, Load, Spec};
-use crate::pool::{Grant, WarmPool};
+use crate::docker::{Container, Containers};
+use crate::exec::{execute, want_spare, SPARE_PREFIX};
+use crate::pool::WarmPool;
 
 /// How many recent run ids the worker remembers to run a redelivered task only once.
 const SEEN_RUNS: usize = 100_000;
@@ -51,20 +51,6 @@ pub(crate) enum RunState {
     Running { ackers: Vec<lapin::Acker> },
     /// Finished here: its record is stored and its result published.
     Done,
-}
-
-/// Pool keys of spare containers start with this (function keys never do: they are ids).
-const SPARE_PREFIX: &str = "spare/";
-
-/// The pool key of spare containers of a runtime and size.
-fn spare_key(runtime: schemas::Runtime, r: schemas::Resources) -> String {
-    format!(
-        "{SPARE_PREFIX}{}/{}m/{}MB/{}MB",
-        runtime.as_str(),
-        r.cpu_millicores,
-        r.memory_mb,
-        r.disk_mb
-    )
 }
 
 struct Metrics {
@@ -172,7 +158,7 @@ pub async fn run(
         .await
         .context("the Docker engine is not reachable")?;
     let code_root = cfg.work_dir.join("code");
-    for d in ["sock", "slots", "code"].map(|d| cfg.work_dir.join(d)) {
+    for d in ["slots", "code"].map(|d| cfg.work_dir.join(d)) {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let containers = Containers::new(
@@ -235,6 +221,7 @@ pub async fn run(
     let http = tokio::spawn(serve_http(inner.clone(), listener, stop_rx.clone()));
     let beats = tokio::spawn(heartbeat::heartbeat_loop(inner.clone(), stop_rx.clone()));
     let reaper = tokio::spawn(reaper::reaper_loop(inner.clone(), stop_rx.clone()));
+    let watcher = tokio::spawn(exec::watch_containers(inner.clone(), stop_rx.clone()));
     tracing::info!(worker_id, "worker ready");
     for &rt in &inner.cfg.prewarm {
         want_spare(&inner, rt, schemas::Resources::DEFAULT);
@@ -276,7 +263,7 @@ pub async fn run(
     .await;
     let idle = inner.pool.lock().unwrap_or_else(|e| e.into_inner()).drain();
     for c in idle {
-        inner.containers.remove(&c.id, &c.name).await;
+        inner.containers.dispose(c).await;
     }
     if let Err(e) = inner.containers.reap_all().await {
         tracing::warn!(worker_id, error = %format!("{e:#}"), "removing containers at shutdown failed");
@@ -285,6 +272,7 @@ pub async fn run(
     writer.flush().await;
     let _ = beats.await;
     let _ = reaper.await;
+    let _ = watcher.await;
     let _ = http.await;
     inner.link.close().await;
     drop(writer);
@@ -292,77 +280,6 @@ pub async fn run(
     let _ = writer_task.await;
     tracing::info!(worker_id, "worker stopped");
     outcome
-}
-
-/// What came out of the container.
-struct Outcome {
-    status: RunStatus,
-    result: Option<serde_json::Value>,
-    error: Option<RunError>,
-    logs: String,
-    duration_ms: u64,
-    cold_start: bool,
-}
-
-impl Outcome {
-    fn failed(status: RunStatus, error: RunError, duration_ms: u64, cold_start: bool) -> Outcome {
-        Outcome {
-            status,
-            result: None,
-            error: Some(error),
-            logs: String::new(),
-            duration_ms,
-            cold_start,
-        }
-    }
-}
-
-pub(crate) async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i64) -> ResultMsg {
-    let inv = &task.invocation;
-    let o = run_in_container(inner, inv).await;
-    let platform = o.error.as_ref().is_some_and(RunError::is_platform);
-    let billed = if platform {
-        0
-    } else {
-        inner
-            .prices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .run_cost(o.duration_ms, inv.resources)
-    };
-    ResultMsg {
-        v: MESSAGE_VERSION,
-        run_id: inv.run_id.clone(),
-        user_id: inv.user_id.clone(),
-        function_id: inv.function_id.clone(),
-        function: inv.function.clone(),
-        version: inv.version,
-        worker_id: inner.cfg.worker_id.clone(),
-        epoch: task.epoch,
-        status: o.status,
-        result: o.result,
-        error: o.error,
-        logs: tail(o.logs, schemas::limits::LOG_TAIL_BYTES),
-        duration_ms: o.duration_ms,
-        cold_start: o.cold_start,
-        billed_micros: billed,
-        resources: inv.resources,
-        started_at_ms: Some(started_at_ms),
-        finished_at_ms: schemas::now_ms(),
-        callback_url: inv.callback_url.clone(),
-    }
-}
-
-/// Keeps the last `max` bytes of `s` (on a character boundary).
-fn tail(s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[truncated]\n{}", &s[start..])
 }
 
 /// Sets the idle and spare container gauges; returns the warm function keys.
@@ -378,336 +295,6 @@ pub(crate) fn pool_gauges(inner: &Inner, p: &WarmPool<Container>) -> Vec<String>
         .set((p.idle_count() - spares) as i64);
     inner.metrics.spare_containers.set(spares as i64);
     warm
-}
-
-/// Takes a warm container for the function, else a spare, else room to start one (waiting
-/// while busy containers hold the worker's memory).
-async fn acquire(
-    inner: &Inner,
-    key: &str,
-    spare_key: Option<&str>,
-    memory_mb: u64,
-) -> Grant<Container> {
-    loop {
-        let notified = inner.pool_changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let mut p = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(g) = p.try_acquire(key, spare_key, memory_mb) {
-                pool_gauges(inner, &p);
-                return g;
-            }
-        }
-        notified.await;
-    }
-}
-
-fn release(inner: &Inner, key: &str, c: Container) {
-    let mb = c.memory_mb;
-    {
-        let mut p = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        p.release(key, c, mb, Instant::now());
-        pool_gauges(inner, &p);
-    }
-    inner.pool_changed.notify_waiters();
-}
-
-/// Removes a container that must not serve again, in the background.
-fn discard(inner: &Inner, c: Container) {
-    inner
-        .pool
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .discard(c.memory_mb);
-    inner.pool_changed.notify_waiters();
-    let containers = inner.containers.clone();
-    tokio::spawn(async move { containers.remove(&c.id, &c.name).await });
-}
-
-/// Starts a spare container of a runtime and size in the background, unless enough are ready
-/// or starting, or it would not fit without evicting a warm container.
-fn want_spare(inner: &Arc<Inner>, runtime: schemas::Runtime, resources: schemas::Resources) {
-    if inner.cfg.spares == 0 || !inner.accepting.load(Ordering::SeqCst) {
-        return;
-    }
-    let key = spare_key(runtime, resources);
-    {
-        let mut making = inner.making.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pool = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let now = pool.count(&key) + making.get(&key).copied().unwrap_or(0);
-        if now >= inner.cfg.spares || !pool.try_reserve(resources.memory_mb) {
-            return;
-        }
-        *making.entry(key.clone()).or_default() += 1;
-    }
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let started = inner
-            .containers
-            .start(&Spec {
-                key: &key,
-                runtime,
-                resources,
-            })
-            .await;
-        match started {
-            Ok(c) if inner.accepting.load(Ordering::SeqCst) => {
-                tracing::debug!(container = c.name, key, "spare container ready");
-                release(&inner, &key, c);
-            }
-            Ok(c) => {
-                inner
-                    .pool
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .discard(resources.memory_mb);
-                inner.containers.remove(&c.id, &c.name).await;
-            }
-            Err(e) => {
-                inner
-                    .pool
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .discard(resources.memory_mb);
-                tracing::warn!(key, error = %format!("{e:#}"), "starting a spare container failed");
-            }
-        }
-        {
-            let mut making = inner.making.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = making.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    making.remove(&key);
-                }
-            }
-        }
-        inner.pool_changed.notify_waiters();
-    });
-}
-
-/// A container serving the function: warm, else a spare given the function, else a new one.
-/// `Err` is the run's outcome when none can be had.
-async fn obtain(
-    inner: &Arc<Inner>,
-    inv: &InvocationMsg,
-    code_dir: &std::path::Path,
-) -> Result<(Container, bool), Outcome> {
-    let key = inv.function_key();
-    let resources = schemas::Resources {
-        memory_mb: inv.resources.memory_mb.max(16),
-        ..inv.resources
-    };
-    let spare = (inner.cfg.spares > 0).then(|| spare_key(inv.runtime, resources));
-    let load = Load {
-        handler: &inv.handler,
-        function: &inv.function,
-        version: inv.version,
-        code_dir,
-    };
-    let platform = |msg: String| {
-        Outcome::failed(
-            RunStatus::Failed,
-            RunError::new(codes::PLATFORM_WORKER, msg),
-            0,
-            false,
-        )
-    };
-    // A spare that turns out dead is discarded and the next option tried.
-    for _ in 0..3 {
-        match acquire(inner, &key, spare.as_deref(), resources.memory_mb).await {
-            Grant::Warm(c) => return Ok((c, false)),
-            Grant::Spare(mut c) => {
-                want_spare(inner, inv.runtime, resources);
-                match c.load(&load).await {
-                    Ok(()) => {
-                        inner.metrics.cold_starts.inc();
-                        inner.metrics.spare_starts.inc();
-                        return Ok((c, true));
-                    }
-                    Err(e) => {
-                        tracing::warn!(run_id = inv.run_id, function = inv.function, container = c.name, error = %format!("{e:#}"), "a spare container could not take the function");
-                        discard(inner, c);
-                    }
-                }
-            }
-            Grant::Cold { evicted } => {
-                for old in evicted {
-                    tracing::debug!(container = old.name, "evicting an idle container");
-                    let containers = inner.containers.clone();
-                    tokio::spawn(async move { containers.remove(&old.id, &old.name).await });
-                }
-                let spec = Spec {
-                    key: &key,
-                    runtime: inv.runtime,
-                    resources,
-                };
-                let started = match inner.containers.start(&spec).await {
-                    Ok(mut c) => match c.load(&load).await {
-                        Ok(()) => Ok(c),
-                        Err(e) => {
-                            inner.containers.remove(&c.id, &c.name).await;
-                            Err(e)
-                        }
-                    },
-                    Err(e) => Err(e),
-                };
-                want_spare(inner, inv.runtime, resources);
-                return match started {
-                    Ok(c) => {
-                        inner.metrics.cold_starts.inc();
-                        Ok((c, true))
-                    }
-                    Err(e) => {
-                        inner
-                            .pool
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .discard(resources.memory_mb);
-                        inner.pool_changed.notify_waiters();
-                        tracing::error!(run_id = inv.run_id, function = inv.function, error = %format!("{e:#}"), "starting a container failed");
-                        Err(platform(format!(
-                            "the function's container could not start: {e:#}"
-                        )))
-                    }
-                };
-            }
-        }
-    }
-    Err(platform(
-        "no container could take the function (spare containers kept failing)".to_owned(),
-    ))
-}
-
-async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) -> Outcome {
-    let platform = |code: &str, msg: String| {
-        Outcome::failed(RunStatus::Failed, RunError::new(code, msg), 0, false)
-    };
-    if !inv.resources.fits_in(inner.cfg.capacity) {
-        return platform(
-            codes::PLATFORM_NO_CAPACITY,
-            format!(
-                "the function asks for {:?}, more than this worker has ({:?})",
-                inv.resources, inner.cfg.capacity
-            ),
-        );
-    }
-    let code_dir = match inner
-        .code
-        .ensure(&inv.code_sha256, inv.code_kind, &inv.filename)
-        .await
-    {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(run_id = inv.run_id, function = inv.function, error = %format!("{e:#}"), "fetching code failed");
-            return platform(
-                codes::PLATFORM_WORKER,
-                format!("the function's code could not be fetched: {e:#}"),
-            );
-        }
-    };
-    let key = inv.function_key();
-    let (mut c, cold) = match obtain(inner, inv, &code_dir).await {
-        Ok(got) => got,
-        Err(outcome) => return outcome,
-    };
-
-    let deadline_ms = schemas::now_ms() + inv.timeout_ms as i64;
-    let ctx = AgentContext {
-        run_id: &inv.run_id,
-        function: &inv.function,
-        version: inv.version,
-        deadline_ms,
-        memory_mb: inv.resources.memory_mb,
-    };
-    let t0 = Instant::now();
-    let call = tokio::time::timeout(
-        Duration::from_millis(inv.timeout_ms.max(1)),
-        c.conn.call(&inv.run_id, &inv.args, ctx),
-    )
-    .await;
-    let wall_ms = (t0.elapsed().as_micros() as u64).div_ceil(1000).max(1);
-    match call {
-        Ok(Ok(resp)) => {
-            let duration_ms = resp.duration_us.div_ceil(1000).max(1);
-            release(inner, &key, c);
-            if resp.ok {
-                Outcome {
-                    status: RunStatus::Succeeded,
-                    result: Some(resp.result.unwrap_or(serde_json::Value::Null)),
-                    error: None,
-                    logs: resp.logs,
-                    duration_ms,
-                    cold_start: cold,
-                }
-            } else {
-                let e = resp.error.unwrap_or(agent::AgentError {
-                    kind: "exception".into(),
-                    message: "the function failed".into(),
-                });
-                let code = match e.kind.as_str() {
-                    "exit" => codes::FUNCTION_EXIT,
-                    "bad_result" => codes::BAD_RESULT,
-                    "load" => codes::FUNCTION_LOAD,
-                    "bad_request" => codes::PLATFORM_WORKER,
-                    _ => codes::FUNCTION_ERROR,
-                };
-                Outcome {
-                    status: RunStatus::Failed,
-                    result: None,
-                    error: Some(RunError::new(code, e.message)),
-                    logs: resp.logs,
-                    duration_ms,
-                    cold_start: cold,
-                }
-            }
-        }
-        Ok(Err(CallError::Gone(_))) => {
-            let oom = inner
-                .containers
-                .was_oom_killed(&c.id)
-                .await
-                .unwrap_or(false);
-            discard(inner, c);
-            let error = if oom {
-                RunError::new(
-                    codes::OUT_OF_MEMORY,
-                    format!(
-                        "the function ran out of memory (limit {} MB) and was killed",
-                        inv.resources.memory_mb
-                    ),
-                )
-            } else {
-                RunError::new(
-                    codes::FUNCTION_ERROR,
-                    "the function's runtime crashed".to_owned(),
-                )
-            };
-            Outcome::failed(RunStatus::Failed, error, wall_ms, cold)
-        }
-        Ok(Err(e @ CallError::Protocol(_))) => {
-            discard(inner, c);
-            Outcome::failed(
-                RunStatus::Failed,
-                RunError::new(codes::PLATFORM_WORKER, e.to_string()),
-                wall_ms,
-                cold,
-            )
-        }
-        Err(_) => {
-            // The container is killed and replaced: its state is unknown mid-call.
-            discard(inner, c);
-            Outcome::failed(
-                RunStatus::TimedOut,
-                RunError::new(
-                    codes::TIMEOUT,
-                    format!("the function ran past its timeout of {} ms", inv.timeout_ms),
-                ),
-                inv.timeout_ms,
-                cold,
-            )
-        }
-    }
 }
 
 /// Serves `/healthz` (Docker, MongoDB and RabbitMQ reachable; names what is down) and
@@ -734,18 +321,4 @@ async fn serve_http(inner: Arc<Inner>, listener: TcpListener, stop: watch::Recei
         })
     };
     common::ops::serve(listener, registry, health, stop).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_end_on_a_char_boundary() {
-        assert_eq!(tail("abc".into(), 10), "abc");
-        let s = "é".repeat(10);
-        let t = tail(s, 5);
-        assert!(t.starts_with("[truncated]\n"));
-        assert!(t.ends_with('é'));
-    }
 }

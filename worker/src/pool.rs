@@ -155,6 +155,24 @@ impl<T> WarmPool<T> {
         self.idle_mb += memory_mb;
     }
 
+    /// Takes out the idle container `pred` picks (e.g. one that died while idle) and its key, as
+    /// if acquired: its memory stays reserved until `discard`.
+    pub fn take_where(&mut self, pred: impl Fn(&T) -> bool) -> Option<(String, T)> {
+        let (key, at) = self.idle.iter().find_map(|(k, list)| {
+            list.iter()
+                .position(|i| pred(&i.item))
+                .map(|at| (k.clone(), at))
+        })?;
+        let list = self.idle.peek_mut(&key)?;
+        let idle = list.remove(at);
+        if list.is_empty() {
+            self.idle.pop(&key);
+        }
+        self.idle_count -= 1;
+        self.idle_mb -= idle.memory_mb;
+        Some((key, idle.item))
+    }
+
     /// Forgets a container that is gone or being removed (crashed, timed out, failed to start).
     pub fn discard(&mut self, memory_mb: u64) {
         self.used_mb = self.used_mb.saturating_sub(memory_mb);
@@ -291,6 +309,24 @@ mod tests {
         p.discard(128); // b finished and went away
         assert_eq!(cold(&mut p, "c@1", 256), vec!["ca"]);
         assert_eq!(p.warm_keys(), vec!["spare/python3".to_owned()]);
+    }
+
+    #[test]
+    fn a_dead_idle_container_is_taken_out_by_identity() {
+        let mut p = WarmPool::new(512);
+        let t = Instant::now();
+        cold(&mut p, "a@1", 128);
+        cold(&mut p, "a@1", 128);
+        p.release("a@1", "a1", 128, t);
+        p.release("a@1", "a2", 128, t);
+        assert!(p.take_where(|c| *c == "zz").is_none());
+        assert_eq!(p.take_where(|c| *c == "a1"), Some(("a@1".to_owned(), "a1")));
+        assert_eq!((p.idle_count(), p.count("a@1"), p.used_mb()), (1, 1, 256));
+        p.discard(128);
+        assert_eq!(p.take_where(|c| *c == "a2"), Some(("a@1".to_owned(), "a2")));
+        assert!(p.warm_keys().is_empty());
+        p.discard(128);
+        assert_eq!(p.used_mb(), 0);
     }
 
     #[test]

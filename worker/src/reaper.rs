@@ -32,7 +32,7 @@ pub(crate) async fn reaper_loop(inner: Arc<Inner>, mut stop: watch::Receiver<boo
                 container = c.name,
                 "removing an idle container past its TTL"
             );
-            inner.containers.remove(&c.id, &c.name).await;
+            inner.containers.dispose(c).await;
         }
         if last_prices.elapsed() > Duration::from_secs(30) {
             last_prices = Instant::now();
