@@ -12,6 +12,7 @@ pub mod broker;
 pub mod cache;
 pub mod callbacks;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
@@ -98,8 +99,13 @@ pub fn invocation_type(headers: &HeaderMap) -> Result<Option<Mode>, GatewayError
     }
 }
 
-/// `X-Callback-Url`: only for async invocations, and only an http(s) URL.
-pub fn callback_url(headers: &HeaderMap, mode: Mode) -> Result<Option<String>, GatewayError> {
+/// `X-Callback-Url`: only for async invocations, and only an http(s) URL without credentials
+/// that does not name an address the policy refuses.
+pub fn callback_url(
+    headers: &HeaderMap,
+    mode: Mode,
+    policy: &egress::AddressPolicy,
+) -> Result<Option<String>, GatewayError> {
     let Some(v) = headers.get("x-callback-url") else {
         return Ok(None);
     };
@@ -112,7 +118,7 @@ pub fn callback_url(headers: &HeaderMap, mode: Mode) -> Result<Option<String>, G
     let raw = v.to_str().map_err(|_| {
         GatewayError::BadCallbackUrl("X-Callback-Url is not a valid URL".to_owned())
     })?;
-    callbacks::validate_url(raw)
+    callbacks::validate_url(raw, policy)
         .map(Some)
         .map_err(GatewayError::BadCallbackUrl)
 }
@@ -344,7 +350,7 @@ impl State {
         if content_length.is_some_and(|n| n > limit) {
             return Err(GatewayError::PayloadTooLarge { limit, kind });
         }
-        let callback_url = callback_url(&headers, mode)?;
+        let callback_url = callback_url(&headers, mode, &self.cfg.callback_allow)?;
         let body = read_body(body, mode).await?;
         let args = parse_args(&body)?;
         args::validate(&func.args_schema, &args).map_err(GatewayError::InvalidArgs)?;
@@ -613,6 +619,7 @@ pub async fn run(
     );
     let callbacks = Arc::new(Callbacks::new(
         db.clone(),
+        cfg.callback_allow.clone(),
         cfg.callback_attempts,
         cfg.callback_backoff,
         cfg.callback_timeout,
@@ -755,18 +762,25 @@ mod tests {
 
     #[test]
     fn callback_urls_only_for_async() {
+        let p = egress::AddressPolicy::parse("127.0.0.1/32").unwrap();
         let h = headers(&[("x-callback-url", "http://127.0.0.1:9/cb")]);
         assert_eq!(
-            callback_url(&h, Mode::Async).unwrap().as_deref(),
+            callback_url(&h, Mode::Async, &p).unwrap().as_deref(),
             Some("http://127.0.0.1:9/cb")
         );
         assert!(matches!(
-            callback_url(&h, Mode::Sync),
+            callback_url(&h, Mode::Sync, &p),
+            Err(GatewayError::BadCallbackUrl(_))
+        ));
+        // Without the allow-list, loopback is refused.
+        let public = egress::AddressPolicy::public_only();
+        assert!(matches!(
+            callback_url(&h, Mode::Async, &public),
             Err(GatewayError::BadCallbackUrl(_))
         ));
         let h = headers(&[("x-callback-url", "gopher://x")]);
-        assert!(callback_url(&h, Mode::Async).is_err());
-        assert_eq!(callback_url(&headers(&[]), Mode::Sync).unwrap(), None);
+        assert!(callback_url(&h, Mode::Async, &p).is_err());
+        assert_eq!(callback_url(&headers(&[]), Mode::Sync, &p).unwrap(), None);
     }
 
     #[test]

@@ -247,7 +247,8 @@ where
             }
             let b = read_body(&req, body, SMALL_BODY, "the body").await?;
             let u: NewUser = parse(&b)?;
-            let user_id = service::auth::register(st, &u.email, &u.name, &u.password).await?;
+            let ip = req.addr.map(|a| a.ip());
+            let user_id = service::auth::register(st, &u.email, &u.name, &u.password, ip).await?;
             Ok(created(&json!({"user_id": user_id}), None))
         }
         ["sessions"] => match m {
