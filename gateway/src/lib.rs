@@ -1,7 +1,8 @@
 //! The invoke endpoint applications call: authenticates API keys, validates args, publishes
 //! invocations to RabbitMQ and answers sync calls from the reply queue.
 //!
-//! Routes: `POST /v1/invoke/{function}`, `GET /v1/runs/{run_id}`, `GET /healthz`, `GET /metrics`.
+//! Routes: `POST /v1/invoke/{function}`, `GET /v1/runs/{run_id}`, `GET /healthz`, `GET /metrics`,
+//! `GET /openapi.json` (the OpenAPI 3 document of all of them, [`OPENAPI`]).
 //! The order of checks on an invocation is: draining (503), API key (401), rate limit (429),
 //! `X-Invocation-Type` (400), `Content-Length` (413), function (404), body size (413), JSON
 //! (400), args schema (400), `X-Callback-Url` (400), budget (402), then the publish (503 when
@@ -50,6 +51,20 @@ use crate::callbacks::Callbacks;
 use crate::metrics::Metrics;
 use crate::ratelimit::KeyLimiter;
 use crate::store::{KeyInfo, Store};
+
+/// The gateway's OpenAPI 3 document (`gateway/openapi.json`), served at `GET /openapi.json`;
+/// `tests/tests/openapi.rs` keeps it true to the routes.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `application/json` text as a response.
+fn json_text(text: &'static str) -> Response {
+    let mut resp = Response::new(text.into());
+    resp.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
 
 /// Error code of runs whose invocation could not be handed to RabbitMQ (never billed).
 pub const PLATFORM_UNAVAILABLE: &str = "platform_unavailable";
@@ -559,6 +574,9 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         );
         resp
     });
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| json_text(OPENAPI));
     let m = state.metrics.clone();
     invoke
         .or(get_run)
@@ -566,6 +584,8 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .or(healthz)
         .unify()
         .or(metrics)
+        .unify()
+        .or(openapi)
         .unify()
         .recover(rejection)
         .unify()
