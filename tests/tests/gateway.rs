@@ -342,7 +342,7 @@ async fn unknown_and_foreign_functions_and_runs_are_404() {
     .await;
     // Unknown routes and methods answer the contract's error body too.
     let resp = http().get(url(&gw, "/v2/nothing")).send().await.unwrap();
-    expect_error(resp, 404, "not_found").await;
+    expect_error(resp, 404, "no_route").await;
 
     gw.stop().await.unwrap();
     sb.cleanup().await;
