@@ -325,7 +325,14 @@ async fn names_that_cannot_exist_are_404() {
     let mut sb = Sandbox::new("edge-names").await;
     let gw = sb.start_gateway(&[]).await;
     let (_, key) = sb.seed_tenant(1_000_000).await;
-    for name in ["Upper", "a_b", "-lead", &"a".repeat(51), "%2e%2e"] {
+    for name in [
+        "Upper",
+        "a_b",
+        "-lead",
+        &"a".repeat(51),
+        "a%20b",
+        "caf%C3%A9",
+    ] {
         let resp = http()
             .post(url(&gw, &format!("/v1/invoke/{name}")))
             .bearer_auth(&key)
