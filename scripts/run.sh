@@ -62,7 +62,9 @@ SUFFIX=-1 supervise worker WORKER_ID=worker-1 WORKER_DIR="$STATE/worker-1" WORKE
 SUFFIX=-1 supervise dispatcher DISPATCHER_ID=dispatcher-1 DISPATCHER_ADDR=127.0.0.1:8091
 SUFFIX=-2 supervise dispatcher DISPATCHER_ID=dispatcher-2 DISPATCHER_ADDR=127.0.0.1:8092
 supervise gateway
-supervise portal
+# Top-ups use the built-in TEST payment provider (any valid card pays): named explicitly, as a
+# portal without PORTAL_PAYMENT_PROVIDER takes no payments.
+supervise portal PORTAL_PAYMENT_PROVIDER="${PORTAL_PAYMENT_PROVIDER:-test}"
 
 wait_healthy() { # name, host:port — waits until its /healthz says 200 (at most a minute)
   for _ in $(seq 1 120); do

@@ -129,6 +129,20 @@ fault_suite_programs() {
   command -v mongod >/dev/null || install_standin
 }
 
+# schemathesis (PyPI) fuzzes the gateway and portal against their OpenAPI documents in the tests
+# (tests/tests/openapi.rs); it gets a venv of its own, pinned.
+SCHEMATHESIS_VERSION=4.32.5
+install_schemathesis() {
+  local venv="$STATE/schemathesis"
+  if "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "schemathesis: $SCHEMATHESIS_VERSION installed"; return
+  fi
+  log "schemathesis: installing $SCHEMATHESIS_VERSION into $venv"
+  python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >"$STATE/pip-schemathesis.log" 2>&1 \
+    || die "pip install schemathesis failed (see $STATE/pip-schemathesis.log)"
+}
+
 up() {
   local t0=$SECONDS
   check_docker
@@ -139,6 +153,7 @@ up() {
   fault_suite_programs
   apt_install mmdebstrap
   apt_install chromium chromium-driver # the portal's browser test (headless, via chromedriver)
+  install_schemathesis
   bash "$ROOT/scripts/build-images.sh"
   log "stack ready in $((SECONDS - t0)) s"
 }

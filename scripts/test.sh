@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the local stack (installing what is missing) and runs every test: unit tests, the
 # runtime agents' protocol tests, and the integration tests against real RabbitMQ, ZooKeeper,
-# MongoDB and Docker. Safe to run again.
+# MongoDB and Docker — among them tests/tests/openapi.rs, which runs schemathesis (installed by
+# stack.sh into .stack/schemathesis) against a gateway and a portal started for it (a minute or
+# two). Safe to run again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

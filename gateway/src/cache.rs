@@ -142,6 +142,29 @@ where
         res.map(|(v, _)| v)
     }
 
+    /// The value of `key` if it is cached and fresh (no load, no change of LRU order).
+    pub fn get_fresh(&self, key: &K) -> Option<V> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match slots.peek(key) {
+            Some(Slot::Ready { until, value, .. }) if Instant::now() < *until => {
+                Some(value.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Caches `value` for `key`, fresh for `ttl`.
+    pub fn insert(&self, key: K, value: V, ttl: Duration) {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).put(
+            key,
+            Slot::Ready {
+                until: Instant::now() + ttl,
+                value,
+                refreshing: None,
+            },
+        );
+    }
+
     /// Forgets `key`.
     pub fn invalidate(&self, key: &K) {
         self.slots
@@ -200,6 +223,10 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 3);
         c.invalidate(&"k");
         assert_eq!(get(&c, &loads, Some(4)).await, Some(4));
+        c.insert("k", Some(9), Duration::from_secs(1));
+        assert_eq!(c.get_fresh(&"k"), Some(Some(9)));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(c.get_fresh(&"k"), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,12 @@
 //! `X-Callback-Url`: finished runs routed to the callbacks queue are POSTed, as the contract's
 //! Run JSON, to the URL the caller gave, retried with exponential back-off a bounded number of
-//! times. The message is acknowledged after a success or after giving up.
+//! times. The message is acknowledged after a success or after giving up. Callbacks never reach
+//! inside the platform ([`crate::egress`]): URLs with credentials or special-use IP literals are
+//! refused at acceptance (400), and again at delivery, where names are resolved and vetted on
+//! the connection itself; a refused callback is given up at once. Redirects are not followed and
+//! no proxy is used. Logs show a URL only as `scheme://host:port/path`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -9,13 +14,15 @@ use mongodb::Database;
 use schemas::names::collections;
 use schemas::{ResultMsg, RunDoc, MESSAGE_VERSION};
 
+use crate::egress::{self, AddressPolicy, PolicyResolver, Refused};
 use crate::metrics::Metrics;
 
 /// Longest callback URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// Checks an `X-Callback-Url` value: an absolute http(s) URL with a host.
-pub fn validate_url(raw: &str) -> Result<String, String> {
+/// Checks an `X-Callback-Url` value: an absolute http(s) URL with a host, without credentials,
+/// whose host (when it is an IP literal) the policy permits. Names are vetted at delivery.
+pub fn validate_url(raw: &str, policy: &AddressPolicy) -> Result<String, String> {
     let raw = raw.trim();
     if raw.len() > MAX_URL_LEN {
         return Err(format!(
@@ -33,6 +40,7 @@ pub fn validate_url(raw: &str) -> Result<String, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("X-Callback-Url has no host".to_owned());
     }
+    egress::check_target(&url, policy).map_err(|Refused(why)| format!("X-Callback-Url: {why}"))?;
     Ok(url.to_string())
 }
 
@@ -45,10 +53,20 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
         .min(Duration::from_secs(60))
 }
 
+/// How a delivery ended without success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undelivered {
+    /// Every attempt failed; the last error.
+    GaveUp(String),
+    /// The address policy refused the target: no attempt connects, none is retried.
+    Refused(String),
+}
+
 /// Delivers callbacks.
 pub struct Callbacks {
     db: Database,
     client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
     attempts: u32,
     backoff: Duration,
     metrics: Metrics,
@@ -63,19 +81,24 @@ impl std::fmt::Debug for Callbacks {
 impl Callbacks {
     pub fn new(
         db: Database,
+        policy: AddressPolicy,
         attempts: u32,
         backoff: Duration,
         timeout: Duration,
         metrics: Metrics,
     ) -> anyhow::Result<Callbacks> {
+        let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
             .user_agent("colorfaas-gateway")
             .build()?;
         Ok(Callbacks {
             db,
             client,
+            policy,
             attempts: attempts.max(1),
             backoff,
             metrics,
@@ -109,19 +132,34 @@ impl Callbacks {
             return;
         };
         let body = self.run_body(&r).await;
+        let shown = egress::redact(&url);
         match self.post(&url, &body).await {
             Ok(n) => {
                 self.metrics.callback("delivered");
-                tracing::debug!(run_id = r.run_id, attempts = n, "callback delivered");
+                tracing::debug!(
+                    run_id = r.run_id,
+                    url = shown,
+                    attempts = n,
+                    "callback delivered"
+                );
             }
-            Err(last) => {
+            Err(Undelivered::GaveUp(last)) => {
                 self.metrics.callback("gave_up");
                 tracing::warn!(
                     run_id = r.run_id,
-                    url,
+                    url = shown,
                     attempts = self.attempts,
                     error = last,
                     "giving up on a callback"
+                );
+            }
+            Err(Undelivered::Refused(why)) => {
+                self.metrics.callback("refused");
+                tracing::warn!(
+                    run_id = r.run_id,
+                    url = shown,
+                    reason = why,
+                    "callback refused by the address policy; not retried"
                 );
             }
         }
@@ -152,25 +190,47 @@ impl Callbacks {
     }
 
     /// POSTs `body` until a 2xx answer or the attempts run out; the number of attempts made,
-    /// or the last error.
-    pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u32, String> {
+    /// or why not. A target the address policy refuses is not retried.
+    pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u32, Undelivered> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Undelivered::Refused(format!("not a valid URL: {e}")))?;
+        egress::check_target(&parsed, &self.policy)
+            .map_err(|Refused(why)| Undelivered::Refused(why))?;
+        let shown = egress::redact(url);
         let mut last = String::new();
         for attempt in 0..self.attempts {
             tokio::time::sleep(backoff(self.backoff, attempt)).await;
-            match self.client.post(url).json(body).send().await {
+            match self.client.post(parsed.clone()).json(body).send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(attempt + 1),
                 Ok(resp) => last = format!("answered {}", resp.status()),
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    if let Some(Refused(why)) = egress::refusal(&e) {
+                        return Err(Undelivered::Refused(why.clone()));
+                    }
+                    last = error_chain(&e.without_url());
+                }
             }
             tracing::debug!(
-                url,
+                url = shown,
                 attempt = attempt + 1,
                 error = last,
                 "callback attempt failed"
             );
         }
-        Err(last)
+        Err(Undelivered::GaveUp(last))
     }
+}
+
+/// An error and its sources, `: `-separated (reqwest's own message alone says little).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -179,11 +239,21 @@ mod tests {
 
     #[test]
     fn callback_urls() {
+        let public = AddressPolicy::public_only();
+        let validate_url = |u: &str| validate_url(u, &public);
         assert_eq!(
-            validate_url("http://127.0.0.1:9000/hook").unwrap(),
-            "http://127.0.0.1:9000/hook"
+            validate_url("http://8.8.8.8:9000/hook").unwrap(),
+            "http://8.8.8.8:9000/hook"
         );
         assert!(validate_url("https://example.com/x?y=1").is_ok());
+        // Names are checked when the callback is made; literals and credentials now.
+        assert!(validate_url("http://localhost:15672/").is_ok());
+        let e = validate_url("http://guest:guest@127.0.0.1:15672/api/bindings").unwrap_err();
+        assert!(e.contains("credentials"), "{e}");
+        let e = validate_url("http://127.0.0.1:9000/hook").unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        let allow = AddressPolicy::parse("127.0.0.1/32").unwrap();
+        assert!(super::validate_url("http://127.0.0.1:9000/hook", &allow).is_ok());
         for bad in [
             "",
             "not a url",

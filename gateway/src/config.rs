@@ -47,6 +47,8 @@ pub struct Config {
     pub callback_backoff: Duration,
     /// Time limit of one callback POST.
     pub callback_timeout: Duration,
+    /// Special-use ranges callbacks may reach anyway (`GATEWAY_CALLBACK_ALLOW`; default none).
+    pub callback_allow: crate::egress::AddressPolicy,
     /// Longest wait for RabbitMQ's publisher confirm before answering 503.
     pub publish_timeout: Duration,
     /// Added to a function's `timeout_ms` while a sync call waits for its result.
@@ -72,6 +74,14 @@ fn non_zero(
 ) -> Result<NonZeroU32, ConfigError> {
     let v: u32 = config::parse(env, flag, key, default)?;
     NonZeroU32::new(v).ok_or_else(|| ConfigError::new(key, "must be at least 1"))
+}
+
+/// `GATEWAY_CALLBACK_ALLOW`: the special-use ranges callbacks may reach (the portal, which also
+/// delivers callbacks, reads the same variable).
+pub fn callback_allow(env: &Env) -> Result<crate::egress::AddressPolicy, ConfigError> {
+    let raw = config::string(env, None, crate::egress::ALLOW_ENV, "");
+    crate::egress::AddressPolicy::parse(&raw)
+        .map_err(|e| ConfigError::new(crate::egress::ALLOW_ENV, e))
 }
 
 impl Config {
@@ -155,6 +165,7 @@ impl Config {
             callback_attempts,
             callback_backoff: duration(env, "GATEWAY_CALLBACK_BACKOFF", "500ms")?,
             callback_timeout: duration(env, "GATEWAY_CALLBACK_TIMEOUT", "10s")?,
+            callback_allow: callback_allow(env)?,
             publish_timeout,
             sync_grace: duration(env, "GATEWAY_SYNC_GRACE", "2500ms")?,
             max_inflight,
@@ -189,6 +200,10 @@ mod tests {
         assert_eq!(c.callback_attempts, 5);
         assert_eq!(c.backends.amqp_prefix, "colorfaas");
         assert_eq!(c.instance_id.len(), 12);
+        assert_eq!(
+            c.callback_allow,
+            crate::egress::AddressPolicy::public_only()
+        );
 
         let e = env(&[
             ("GATEWAY_RATE_PER_SEC", "5"),
@@ -219,6 +234,7 @@ mod tests {
             ("MONGODB_URI", "postgres://x"),
             ("GATEWAY_PUBLISH_TIMEOUT", "soon"),
             ("GATEWAY_ADDR", "nowhere"),
+            ("GATEWAY_CALLBACK_ALLOW", "127.0.0.1/40"),
         ] {
             let err = Config::from_env(&env(&[(k, v)]), &Flags::default()).unwrap_err();
             assert!(err.to_string().starts_with(k), "{k}={v}: {err}");

@@ -90,7 +90,9 @@ pub fn api_error(e: &GatewayError) -> ApiError {
     let msg = e.to_string();
     let (status, code) = match e {
         G::MissingKey | G::UnknownKey => (StatusCode::UNAUTHORIZED, "unauthorized"),
-        G::NoSuchFunction(_) | G::NoSuchRun(_) | G::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+        G::NoSuchFunction(_) | G::NoSuchRun(_) => (StatusCode::NOT_FOUND, "not_found"),
+        // Like the portal's: an unknown path is told apart from a missing function or run.
+        G::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
         G::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         G::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
         G::InvalidArgs(_) => (StatusCode::BAD_REQUEST, "invalid_args"),
@@ -154,7 +156,7 @@ mod tests {
             (G::UnknownKey, 401, "unauthorized"),
             (G::NoSuchFunction("f".into()), 404, "not_found"),
             (G::NoSuchRun("r".into()), 404, "not_found"),
-            (G::NoRoute, 404, "not_found"),
+            (G::NoRoute, 404, "no_route"),
             (G::MethodNotAllowed, 405, "method_not_allowed"),
             (G::InvalidJson("eof".into()), 400, "invalid_json"),
             (G::InvalidArgs("a".into()), 400, "invalid_args"),

@@ -1,7 +1,8 @@
 //! The invoke endpoint applications call: authenticates API keys, validates args, publishes
 //! invocations to RabbitMQ and answers sync calls from the reply queue.
 //!
-//! Routes: `POST /v1/invoke/{function}`, `GET /v1/runs/{run_id}`, `GET /healthz`, `GET /metrics`.
+//! Routes: `POST /v1/invoke/{function}`, `GET /v1/runs/{run_id}`, `GET /healthz`, `GET /metrics`,
+//! `GET /openapi.json` (the OpenAPI 3 document of all of them, [`OPENAPI`]).
 //! The order of checks on an invocation is: draining (503), API key (401), rate limit (429),
 //! `X-Invocation-Type` (400), `Content-Length` (413), function (404), body size (413), JSON
 //! (400), args schema (400), `X-Callback-Url` (400), budget (402), then the publish (503 when
@@ -12,6 +13,7 @@ pub mod broker;
 pub mod cache;
 pub mod callbacks;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod metrics;
 pub mod ratelimit;
@@ -49,6 +51,20 @@ use crate::callbacks::Callbacks;
 use crate::metrics::Metrics;
 use crate::ratelimit::KeyLimiter;
 use crate::store::{KeyInfo, Store};
+
+/// The gateway's OpenAPI 3 document (`gateway/openapi.json`), served at `GET /openapi.json`;
+/// `tests/tests/openapi.rs` keeps it true to the routes.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `application/json` text as a response.
+fn json_text(text: &'static str) -> Response {
+    let mut resp = Response::new(text.into());
+    resp.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
 
 /// Error code of runs whose invocation could not be handed to RabbitMQ (never billed).
 pub const PLATFORM_UNAVAILABLE: &str = "platform_unavailable";
@@ -98,8 +114,13 @@ pub fn invocation_type(headers: &HeaderMap) -> Result<Option<Mode>, GatewayError
     }
 }
 
-/// `X-Callback-Url`: only for async invocations, and only an http(s) URL.
-pub fn callback_url(headers: &HeaderMap, mode: Mode) -> Result<Option<String>, GatewayError> {
+/// `X-Callback-Url`: only for async invocations, and only an http(s) URL without credentials
+/// that does not name an address the policy refuses.
+pub fn callback_url(
+    headers: &HeaderMap,
+    mode: Mode,
+    policy: &egress::AddressPolicy,
+) -> Result<Option<String>, GatewayError> {
     let Some(v) = headers.get("x-callback-url") else {
         return Ok(None);
     };
@@ -112,7 +133,7 @@ pub fn callback_url(headers: &HeaderMap, mode: Mode) -> Result<Option<String>, G
     let raw = v.to_str().map_err(|_| {
         GatewayError::BadCallbackUrl("X-Callback-Url is not a valid URL".to_owned())
     })?;
-    callbacks::validate_url(raw)
+    callbacks::validate_url(raw, policy)
         .map(Some)
         .map_err(GatewayError::BadCallbackUrl)
 }
@@ -344,7 +365,7 @@ impl State {
         if content_length.is_some_and(|n| n > limit) {
             return Err(GatewayError::PayloadTooLarge { limit, kind });
         }
-        let callback_url = callback_url(&headers, mode)?;
+        let callback_url = callback_url(&headers, mode, &self.cfg.callback_allow)?;
         let body = read_body(body, mode).await?;
         let args = parse_args(&body)?;
         args::validate(&func.args_schema, &args).map_err(GatewayError::InvalidArgs)?;
@@ -594,6 +615,9 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         );
         resp
     });
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| json_text(OPENAPI));
     let m = state.metrics.clone();
     invoke
         .or(get_run)
@@ -601,6 +625,8 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .or(healthz)
         .unify()
         .or(metrics)
+        .unify()
+        .or(openapi)
         .unify()
         .recover(rejection)
         .unify()
@@ -654,6 +680,7 @@ pub async fn run(
     );
     let callbacks = Arc::new(Callbacks::new(
         db.clone(),
+        cfg.callback_allow.clone(),
         cfg.callback_attempts,
         cfg.callback_backoff,
         cfg.callback_timeout,
@@ -796,18 +823,25 @@ mod tests {
 
     #[test]
     fn callback_urls_only_for_async() {
+        let p = egress::AddressPolicy::parse("127.0.0.1/32").unwrap();
         let h = headers(&[("x-callback-url", "http://127.0.0.1:9/cb")]);
         assert_eq!(
-            callback_url(&h, Mode::Async).unwrap().as_deref(),
+            callback_url(&h, Mode::Async, &p).unwrap().as_deref(),
             Some("http://127.0.0.1:9/cb")
         );
         assert!(matches!(
-            callback_url(&h, Mode::Sync),
+            callback_url(&h, Mode::Sync, &p),
+            Err(GatewayError::BadCallbackUrl(_))
+        ));
+        // Without the allow-list, loopback is refused.
+        let public = egress::AddressPolicy::public_only();
+        assert!(matches!(
+            callback_url(&h, Mode::Async, &public),
             Err(GatewayError::BadCallbackUrl(_))
         ));
         let h = headers(&[("x-callback-url", "gopher://x")]);
-        assert!(callback_url(&h, Mode::Async).is_err());
-        assert_eq!(callback_url(&headers(&[]), Mode::Sync).unwrap(), None);
+        assert!(callback_url(&h, Mode::Async, &p).is_err());
+        assert_eq!(callback_url(&headers(&[]), Mode::Sync, &p).unwrap(), None);
     }
 
     #[test]

@@ -128,12 +128,12 @@ impl Metrics {
             .inc();
     }
 
-    /// One callback delivered or given up on.
+    /// One callback delivered, given up on, or refused by the address policy.
     pub fn callback(&self, outcome: &str) {
         self.registry
             .counter(
                 "colorfaas_gateway_callbacks_total",
-                "callbacks by outcome (delivered, gave_up)",
+                "callbacks by outcome (delivered, gave_up, refused)",
                 &[("outcome", outcome)],
             )
             .inc();

@@ -30,6 +30,9 @@ pub const CREDIT_GRACE: Duration = Duration::from_secs(3);
 /// Time limit of one database operation.
 const DB_TIMEOUT: Duration = Duration::from_secs(3);
 const CACHE_ENTRIES: usize = 100_000;
+/// Names looked up and not found are remembered in a cache of their own, this small, so
+/// lookups of names that do not exist never evict the functions that do.
+const MISSING_ENTRIES: usize = 4096;
 
 /// Hex SHA-256 of an API key: how keys are stored (`ApiKeyDoc::key_hash`).
 pub fn hash_key(key: &str) -> String {
@@ -70,6 +73,8 @@ pub struct Store {
     db: Database,
     keys: TtlCache<String, Option<KeyInfo>>,
     functions: TtlCache<(String, String), Option<FunctionDoc>>,
+    /// `(user, name)` pairs recently found missing.
+    missing: TtlCache<(String, String), ()>,
     credit: TtlCache<String, Option<i64>>,
     /// False once the server refused the aggregation pipeline; sums are then made in Rust.
     aggregate_ok: std::sync::Arc<AtomicBool>,
@@ -87,6 +92,7 @@ impl Store {
             db,
             keys: TtlCache::with_grace(CACHE_ENTRIES, GRACE),
             functions: TtlCache::with_grace(CACHE_ENTRIES, GRACE),
+            missing: TtlCache::new(MISSING_ENTRIES),
             credit: TtlCache::with_grace(CACHE_ENTRIES, CREDIT_GRACE),
             aggregate_ok: std::sync::Arc::new(AtomicBool::new(true)),
         }
@@ -129,12 +135,21 @@ impl Store {
             .await
     }
 
-    /// The user's function named `name`, if any (cached).
+    /// The user's function named `name`, if any (cached: found functions in the large cache,
+    /// absences in the small one). A name the contract forbids is `None` without a lookup.
     pub async fn function(&self, user_id: &str, name: &str) -> Result<Option<FunctionDoc>, String> {
+        if !schemas::valid_function_name(name) {
+            return Ok(None);
+        }
+        let key = (user_id.to_owned(), name.to_owned());
+        if self.missing.get_fresh(&key).is_some() {
+            return Ok(None);
+        }
         let db = self.db.clone();
-        let (u, n) = (user_id.to_owned(), name.to_owned());
-        self.functions
-            .get_or_load(&(u.clone(), n.clone()), move || async move {
+        let (u, n) = key.clone();
+        let found = self
+            .functions
+            .get_or_load(&key, move || async move {
                 let f = timed(
                     "looking up a function",
                     db.collection::<FunctionDoc>(collections::FUNCTIONS)
@@ -143,7 +158,12 @@ impl Store {
                 .await?;
                 Ok((f, FUNCTION_TTL))
             })
-            .await
+            .await?;
+        if found.is_none() {
+            self.functions.invalidate(&key);
+            self.missing.insert(key, (), FUNCTION_TTL);
+        }
+        Ok(found)
     }
 
     /// The user's available credit in micros (cached), or `None` when the user does not exist.

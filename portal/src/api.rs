@@ -21,6 +21,10 @@ use crate::error::PortalError;
 use crate::service::{self, account, functions, keys, runs};
 use crate::state::State;
 
+/// The JSON API's OpenAPI 3 document (`portal/openapi.json`), served at
+/// `GET /api/v1/openapi.json`; `tests/tests/openapi.rs` keeps it true to the routes.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
 /// Largest body of the small JSON endpoints.
 pub const SMALL_BODY: u64 = 64 * 1024;
 /// Largest body of `POST`/`PUT /functions`: the base64 of the largest package, plus the spec.
@@ -247,7 +251,8 @@ where
             }
             let b = read_body(&req, body, SMALL_BODY, "the body").await?;
             let u: NewUser = parse(&b)?;
-            let user_id = service::auth::register(st, &u.email, &u.name, &u.password).await?;
+            let ip = req.addr.map(|a| a.ip());
+            let user_id = service::auth::register(st, &u.email, &u.name, &u.password, ip).await?;
             Ok(created(&json!({"user_id": user_id}), None))
         }
         ["sessions"] => match m {
@@ -269,6 +274,17 @@ where
             }
             _ => method_not_allowed(),
         },
+        ["openapi.json"] => {
+            if m != Method::GET {
+                return method_not_allowed();
+            }
+            let mut r = Response::new(OPENAPI.into());
+            r.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
         ["pricing"] => {
             if m != Method::GET {
                 return method_not_allowed();

@@ -30,6 +30,34 @@ pub struct Flags {
     /// Instance id, used in the name of its reply queue [env: PORTAL_ID; default: random]
     #[arg(long)]
     pub id: Option<String>,
+    /// Accounts that may be created per client address per hour [env: PORTAL_SIGNUP_PER_HOUR; default 20]
+    #[arg(long)]
+    pub signup_per_hour: Option<String>,
+    /// Card payment provider for top-ups: `test` (the built-in test provider) or none
+    /// [env: PORTAL_PAYMENT_PROVIDER; default: none, top-ups answer 503]
+    #[arg(long)]
+    pub payment_provider: Option<String>,
+}
+
+/// The card payment providers the portal knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentProviderKind {
+    /// The built-in test provider: any Luhn-valid card pays, except the contract's declined one.
+    /// Never for real money: it must be named explicitly.
+    Test,
+}
+
+impl PaymentProviderKind {
+    /// `PORTAL_PAYMENT_PROVIDER`: empty or `none` for no provider, `test` for the test one.
+    pub fn parse(raw: &str) -> Result<Option<PaymentProviderKind>, String> {
+        match raw.trim() {
+            "" | "none" => Ok(None),
+            "test" => Ok(Some(PaymentProviderKind::Test)),
+            other => Err(format!(
+                "{other:?} is not a payment provider: the portal has `test` (the built-in test provider, for development) or `none`"
+            )),
+        }
+    }
 }
 
 /// Everything the portal needs to run.
@@ -55,6 +83,16 @@ pub struct Config {
     pub max_inflight: usize,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Accounts created per client address per hour (also the burst).
+    pub signup_per_hour: NonZeroU32,
+    /// Passwords hashed or verified at once (argon2id takes 19 MiB and a core for a moment);
+    /// beyond that, sign-ups and logins wait (`PORTAL_HASH_CONCURRENCY`, default one per core).
+    pub hash_concurrency: usize,
+    /// Who charges cards for top-ups; `None`: top-ups answer 503 `payments_unavailable`.
+    pub payment_provider: Option<PaymentProviderKind>,
+    /// Special-use ranges the callbacks this portal delivers may reach
+    /// (`GATEWAY_CALLBACK_ALLOW`, read like the gateway does).
+    pub callback_allow: gateway::egress::AddressPolicy,
     /// Limits of uploaded code packages (`PORTAL_MAX_UNPACKED_BYTES`,
     /// `PORTAL_MAX_PACKAGE_ENTRIES`; the code itself is at most 20 MiB).
     pub upload_limits: crate::upload::Limits,
@@ -192,7 +230,35 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let payment_provider = PaymentProviderKind::parse(&config::string(
+            env,
+            flags.payment_provider.as_deref(),
+            "PORTAL_PAYMENT_PROVIDER",
+            "",
+        ))
+        .map_err(|e| ConfigError::new("PORTAL_PAYMENT_PROVIDER", e))?;
+        let hash_concurrency: usize = config::parse(
+            env,
+            None,
+            "PORTAL_HASH_CONCURRENCY",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )?;
+        if hash_concurrency == 0 {
+            return Err(ConfigError::new(
+                "PORTAL_HASH_CONCURRENCY",
+                "must be at least 1",
+            ));
+        }
         Ok(Config {
+            signup_per_hour: non_zero(
+                env,
+                flags.signup_per_hour.as_deref(),
+                "PORTAL_SIGNUP_PER_HOUR",
+                20,
+            )?,
+            hash_concurrency,
+            payment_provider,
+            callback_allow: gateway::config::callback_allow(env)?,
             upload_limits: crate::upload::Limits {
                 code_bytes: defaults.code_bytes,
                 unpacked_bytes,
@@ -242,6 +308,22 @@ mod tests {
         assert_eq!(c.session_ttl, Duration::from_secs(7 * 86_400));
         assert_eq!(c.login_per_account.get(), 10);
         assert_eq!(c.login_per_address.get(), 30);
+        assert_eq!(c.signup_per_hour.get(), 20);
+        assert!(c.hash_concurrency >= 1);
+        // No provider unless one is named: nothing mints money by default.
+        assert_eq!(c.payment_provider, None);
+        let c = Config::from_env(
+            &env(&[
+                ("PORTAL_PAYMENT_PROVIDER", "test"),
+                ("PORTAL_SIGNUP_PER_HOUR", "500"),
+                ("GATEWAY_CALLBACK_ALLOW", "127.0.0.1/32"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.payment_provider, Some(PaymentProviderKind::Test));
+        assert_eq!(c.signup_per_hour.get(), 500);
+        assert_eq!(c.callback_allow.allowed(), "127.0.0.1/32");
         let e = env(&[
             ("FREE_CREDIT_MICROS", "5"),
             ("PORTAL_SESSION_TTL", "2h"),
@@ -270,6 +352,10 @@ mod tests {
             ("PORTAL_SESSION_TTL", "soon"),
             ("PORTAL_LOGIN_PER_ACCOUNT", "0"),
             ("PORTAL_ID", "no spaces"),
+            ("PORTAL_SIGNUP_PER_HOUR", "0"),
+            ("PORTAL_PAYMENT_PROVIDER", "stripe"),
+            ("PORTAL_HASH_CONCURRENCY", "0"),
+            ("GATEWAY_CALLBACK_ALLOW", "everywhere"),
             ("AMQP_URL", "http://x"),
             ("MONGODB_URI", "postgres://x"),
         ] {

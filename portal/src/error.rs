@@ -25,6 +25,11 @@ pub enum PortalError {
     BadCredentials,
     #[error("too many login attempts; try again in {retry_after_secs} s")]
     LoginRateLimited { retry_after_secs: u64 },
+    #[error("too many accounts were created from this address; try again in {retry_after_secs} s")]
+    SignupRateLimited { retry_after_secs: u64 },
+    /// No payment provider is configured (`PORTAL_PAYMENT_PROVIDER`).
+    #[error("top-ups are not available: this portal has no payment provider configured")]
+    PaymentsUnavailable,
     /// Missing, or belonging to someone else (never told apart).
     #[error("no such {0}")]
     NotFound(&'static str),
@@ -85,7 +90,10 @@ impl PortalError {
         match self {
             PortalError::Invalid { .. } | PortalError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             PortalError::Unauthorized | PortalError::BadCredentials => StatusCode::UNAUTHORIZED,
-            PortalError::LoginRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PortalError::LoginRateLimited { .. } | PortalError::SignupRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            PortalError::PaymentsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::NotFound(_) | PortalError::NoRoute => StatusCode::NOT_FOUND,
             PortalError::EmailTaken | PortalError::NameTaken(_) | PortalError::Conflict => {
                 StatusCode::CONFLICT
@@ -108,7 +116,10 @@ impl PortalError {
             PortalError::InvalidJson(_) => "invalid_json",
             PortalError::Unauthorized => "unauthorized",
             PortalError::BadCredentials => "invalid_credentials",
-            PortalError::LoginRateLimited { .. } => "rate_limited",
+            PortalError::LoginRateLimited { .. } | PortalError::SignupRateLimited { .. } => {
+                "rate_limited"
+            }
+            PortalError::PaymentsUnavailable => "payments_unavailable",
             PortalError::NotFound(_) => "not_found",
             PortalError::EmailTaken => "email_taken",
             PortalError::NameTaken(_) => "name_taken",
@@ -163,7 +174,9 @@ impl Reply for PortalError {
         }
         let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), self.status())
             .into_response();
-        if let PortalError::LoginRateLimited { retry_after_secs } = self {
+        if let PortalError::LoginRateLimited { retry_after_secs }
+        | PortalError::SignupRateLimited { retry_after_secs } = self
+        {
             resp.headers_mut().insert(
                 "retry-after",
                 warp::http::HeaderValue::from(retry_after_secs),
@@ -200,6 +213,16 @@ mod tests {
         assert_eq!(
             PortalError::Account(AccountError::AlreadyPaid).code(),
             "already_paid"
+        );
+        let e = PortalError::SignupRateLimited {
+            retry_after_secs: 90,
+        };
+        assert_eq!((e.status().as_u16(), e.code()), (429, "rate_limited"));
+        assert_eq!(e.into_response().headers()["retry-after"], "90");
+        let e = PortalError::PaymentsUnavailable;
+        assert_eq!(
+            (e.status().as_u16(), e.code()),
+            (503, "payments_unavailable")
         );
         let e = PortalError::Internal(anyhow::anyhow!("secret detail"));
         assert!(!e.body().to_string().contains("secret"));

@@ -33,7 +33,7 @@ pub use config::{Config, Flags};
 pub use error::PortalError;
 pub use state::State;
 
-use service::auth::LoginLimits;
+use service::auth::{LoginLimits, SignupLimits};
 use service::invoke::Invoker;
 
 /// The metrics label of a request path (low cardinality).
@@ -158,6 +158,20 @@ async fn ensure_indexes(db: mongodb::Database) {
     }
 }
 
+/// The configured card payment provider, if any.
+fn payment_provider(
+    kind: Option<config::PaymentProviderKind>,
+) -> Option<Arc<dyn billing_job::account::PaymentProvider>> {
+    match kind? {
+        config::PaymentProviderKind::Test => {
+            tracing::warn!(
+                "top-ups use the built-in TEST payment provider: any valid card number pays"
+            );
+            Some(Arc::new(billing_job::account::TestProvider))
+        }
+    }
+}
+
 /// Runs the portal until `shutdown` resolves, then stops taking requests, lets those in flight
 /// finish (at most the drain timeout) and flushes the run records of test invocations.
 pub async fn run(
@@ -184,6 +198,7 @@ pub async fn run(
     let state = Arc::new(State {
         db: db.clone(),
         login: LoginLimits::new(cfg.login_per_account, cfg.login_per_address),
+        signup: SignupLimits::new(cfg.signup_per_hour, cfg.hash_concurrency),
         invoker: Invoker {
             broker,
             writer: writer.clone(),
@@ -191,7 +206,7 @@ pub async fn run(
             inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
             sync_grace: cfg.sync_grace,
         },
-        provider: Arc::new(billing_job::account::TestProvider),
+        provider: payment_provider(cfg.payment_provider),
         metrics: state::Metrics::new(),
         draining: AtomicBool::new(false),
         cfg,
@@ -223,6 +238,7 @@ pub async fn run(
                     return;
                 }
                 state.login.prune();
+                state.signup.prune();
                 service::auth::purge_expired_sessions(&state).await;
             }
         })

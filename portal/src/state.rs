@@ -10,7 +10,7 @@ use common::metrics::{Registry, Value};
 use mongodb::Database;
 
 use crate::config::Config;
-use crate::service::auth::LoginLimits;
+use crate::service::auth::{LoginLimits, SignupLimits};
 use crate::service::invoke::Invoker;
 
 /// The portal's metrics (Prometheus text at `/metrics`).
@@ -20,6 +20,7 @@ pub struct Metrics {
     pub amqp_connected: Value,
     pub logins_failed: Value,
     pub logins_limited: Value,
+    pub signups_limited: Value,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,11 @@ impl Metrics {
                 "login attempts refused by the rate limits",
                 &[],
             ),
+            signups_limited: registry.counter(
+                "colorfaas_portal_signups_limited_total",
+                "sign-ups refused by the per-address rate limit",
+                &[],
+            ),
             registry,
         }
     }
@@ -68,10 +74,12 @@ pub struct State {
     pub cfg: Config,
     pub db: Database,
     pub login: LoginLimits,
+    /// Sign-ups per client address and the permits of password hashing.
+    pub signup: SignupLimits,
     /// Runs `POST /functions/{name}/test` as a sync invoke.
     pub invoker: Invoker,
-    /// Charges cards for top-ups (the built-in test provider).
-    pub provider: Arc<dyn PaymentProvider>,
+    /// Charges cards for top-ups (`PORTAL_PAYMENT_PROVIDER`); `None`: top-ups answer 503.
+    pub provider: Option<Arc<dyn PaymentProvider>>,
     pub metrics: Metrics,
     /// Set once shutdown has begun (`/healthz` answers 503).
     pub draining: AtomicBool,

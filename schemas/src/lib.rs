@@ -203,6 +203,20 @@ pub mod limits {
     pub const UNPACKED_CODE_BYTES: u64 = 200 * 1024 * 1024;
 }
 
+/// Longest function name.
+pub const MAX_FUNCTION_NAME: usize = 50;
+
+/// The contract's function-name rule, `^[a-z0-9][a-z0-9-]{0,49}$`: a name that fails it cannot
+/// exist, so lookups of it are answered 404 without a database read.
+pub fn valid_function_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_FUNCTION_NAME
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -215,6 +229,26 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn function_names_follow_the_contract() {
+        for ok in ["a", "0", "adder", "my-fn-2", &"a".repeat(50)] {
+            assert!(valid_function_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "a_b",
+            "a.b",
+            "a/b",
+            "é",
+            &"a".repeat(51),
+            "a b",
+        ] {
+            assert!(!valid_function_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn resources_arithmetic() {

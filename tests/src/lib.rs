@@ -490,9 +490,10 @@ impl Sandbox {
         c
     }
 
-    /// Starts a portal in-process on port 0 against this sandbox's database and queues.
-    /// `extra` overrides its environment (e.g. `FREE_CREDIT_MICROS`,
-    /// `PORTAL_LOGIN_PER_ACCOUNT`). Ready when it answers HTTP and, unless `AMQP_URL` is
+    /// Starts a portal in-process on port 0 against this sandbox's database and queues, with
+    /// the test payment provider and a sign-up limit no test reaches by accident. `extra`
+    /// overrides its environment (e.g. `FREE_CREDIT_MICROS`, `PORTAL_LOGIN_PER_ACCOUNT`,
+    /// `PORTAL_PAYMENT_PROVIDER`). Ready when it answers HTTP and, unless `AMQP_URL` is
     /// overridden, when `/healthz` says 200 (MongoDB reachable, RabbitMQ connected).
     pub async fn start_portal(&mut self, extra: &[(&str, &str)]) -> Component {
         let id = extra
@@ -500,7 +501,14 @@ impl Sandbox {
             .find(|(k, _)| *k == "PORTAL_ID")
             .map(|(_, v)| (*v).to_owned())
             .unwrap_or_else(|| format!("p{}", rand_id()));
-        let mut all: Vec<(&str, &str)> = vec![("PORTAL_ID", &id), ("PORTAL_ADDR", "127.0.0.1:0")];
+        let mut all: Vec<(&str, &str)> = vec![
+            ("PORTAL_ID", &id),
+            ("PORTAL_ADDR", "127.0.0.1:0"),
+            // Tests top up with the built-in test provider, named explicitly as it must be.
+            ("PORTAL_PAYMENT_PROVIDER", "test"),
+            // Tests register many users from 127.0.0.1; the sign-up limit test lowers this.
+            ("PORTAL_SIGNUP_PER_HOUR", "100000"),
+        ];
         all.extend_from_slice(extra);
         let cfg = portal::Config::from_env(&self.env(&all), &portal::Flags::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

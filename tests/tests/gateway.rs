@@ -335,7 +335,7 @@ async fn unknown_and_foreign_functions_and_runs_are_404() {
     .await;
     // Unknown routes and methods answer the contract's error body too.
     let resp = http().get(url(&gw, "/v2/nothing")).send().await.unwrap();
-    expect_error(resp, 404, "not_found").await;
+    expect_error(resp, 404, "no_route").await;
 
     gw.stop().await.unwrap();
     sb.cleanup().await;
@@ -837,7 +837,7 @@ async fn async_is_202_with_location_and_the_run_is_visible_at_once() {
         &t.key,
         "adder",
         r#"{"a": 1, "$odd.key": {"b.c": true}}"#,
-        &[("x-callback-url", "http://127.0.0.1:9/hook")],
+        &[("x-callback-url", "https://hooks.example.com/hook?sig=1")],
     )
     .await;
     assert_eq!(resp.status(), 202);
@@ -881,7 +881,10 @@ async fn async_is_202_with_location_and_the_run_is_visible_at_once() {
     assert_eq!((inv.version, inv.mode), (3, Mode::Async));
     assert_eq!(inv.code_sha256, f.code_sha256);
     assert_eq!(inv.reply_to, None);
-    assert_eq!(inv.callback_url.as_deref(), Some("http://127.0.0.1:9/hook"));
+    assert_eq!(
+        inv.callback_url.as_deref(),
+        Some("https://hooks.example.com/hook?sig=1")
+    );
     assert_eq!(inv.timeout_ms, f.timeout_ms);
     // The acceptance waited for the pending record and for the broker, and /metrics says so.
     let metrics = metrics_text(&gw).await;
@@ -1185,6 +1188,8 @@ async fn callbacks_are_posted_with_retries_then_given_up() {
         &[
             ("GATEWAY_CALLBACK_BACKOFF", "50ms"),
             ("GATEWAY_CALLBACK_ATTEMPTS", "3"),
+            // The test's callback receiver listens on loopback.
+            ("GATEWAY_CALLBACK_ALLOW", "127.0.0.1/32"),
         ],
     )
     .await;
@@ -1449,7 +1454,11 @@ async fn end_to_end_through_the_dispatcher_and_a_worker() {
     let w = sb.start_worker(&[]).await;
     let d = sb.start_dispatcher(&[]).await;
     let gw = sb
-        .start_gateway(&[("GATEWAY_CALLBACK_BACKOFF", "100ms")])
+        .start_gateway(&[
+            ("GATEWAY_CALLBACK_BACKOFF", "100ms"),
+            // The test's callback receiver listens on loopback.
+            ("GATEWAY_CALLBACK_ALLOW", "127.0.0.1/32"),
+        ])
         .await;
     let t = tenant(&sb, 1_000_000_000).await;
     let py = |name: &'static str, src: &'static str| {

@@ -72,10 +72,11 @@ pub(super) fn routes(v: BoxedFilter<(Ctx, Option<Viewer>)>) -> BoxedFilter<(Resp
         .and(warp::post())
         .and(v.clone())
         .and(pre_cookie())
+        .and(client_ip())
         .and(form())
         .then(
-            |c: Ctx, _v: Option<Viewer>, pre: Option<String>, f: Form| async move {
-                finish(None, register(c, pre, f).await)
+            |c: Ctx, _v: Option<Viewer>, pre: Option<String>, ip: String, f: Form| async move {
+                finish(None, register(c, pre, ip, f).await)
             },
         );
     let logout_post = warp::path!("logout")
@@ -159,7 +160,7 @@ async fn login(c: Ctx, pre: Option<String>, ip: String, f: Form) -> PageResult {
     }
 }
 
-async fn register(c: Ctx, pre: Option<String>, f: Form) -> PageResult {
+async fn register(c: Ctx, pre: Option<String>, ip: String, f: Form) -> PageResult {
     check_pre(&pre, &f)?;
     let name = f.get("name").trim().to_owned();
     let email = f.get("email").trim().to_owned();
@@ -176,25 +177,32 @@ async fn register(c: Ctx, pre: Option<String>, f: Form) -> PageResult {
             json!("the password must have at least 8 characters"),
         );
     }
+    let mut status = StatusCode::BAD_REQUEST;
+    let mut top = "The account was not created; see below what to fix.".to_owned();
     if errors.is_empty() {
-        match backend::register(&c, &email, &name, password).await {
+        use backend::{FormFail, RegisterFail};
+        match backend::register(&c, &email, &name, password, &ip).await {
             Ok(()) => return Ok(web::redirect("/login?notice=registered", &[])),
-            Err(backend::FormFail::Field(field, msg)) => {
+            Err(RegisterFail::RateLimited(msg)) => {
+                status = StatusCode::TOO_MANY_REQUESTS;
+                top = msg;
+            }
+            Err(RegisterFail::Form(FormFail::Field(field, msg))) => {
                 errors.insert(field.into(), json!(msg));
             }
-            Err(backend::FormFail::Page(msg)) => {
+            Err(RegisterFail::Form(FormFail::Page(msg))) => {
                 errors.insert("email".into(), json!(msg));
             }
-            Err(backend::FormFail::NotFound) => {
+            Err(RegisterFail::Form(FormFail::NotFound)) => {
                 errors.insert("email".into(), json!("the account could not be created"));
             }
-            Err(backend::FormFail::Other(e)) => return Err(PageError::Internal(e)),
+            Err(RegisterFail::Form(FormFail::Other(e))) => return Err(PageError::Internal(e)),
         }
     }
     let mut chrome = anon("Register", "register", &pre);
-    chrome.error = Some("The account was not created; see below what to fix.".into());
+    chrome.error = Some(top);
     Ok(render::page(
-        StatusCode::BAD_REQUEST,
+        status,
         "register",
         &chrome,
         json!({"form": {"name": name, "email": email}, "errors": Value::Object(errors)}),

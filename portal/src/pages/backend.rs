@@ -103,11 +103,32 @@ pub async fn session_user(c: &Pages, token: &str) -> anyhow::Result<Option<(User
     }
 }
 
-pub async fn register(c: &Pages, email: &str, name: &str, password: &str) -> Result<(), FormFail> {
-    service::auth::register(&c.st, email, name, password)
-        .await
-        .map(|_| ())
-        .map_err(form_fail)
+/// Why a sign-up failed.
+#[derive(Debug)]
+pub enum RegisterFail {
+    Form(FormFail),
+    /// Too many sign-ups from this address: a sentence with the wait.
+    RateLimited(String),
+}
+
+pub async fn register(
+    c: &Pages,
+    email: &str,
+    name: &str,
+    password: &str,
+    ip: &str,
+) -> Result<(), RegisterFail> {
+    let addr: Option<IpAddr> = ip.parse().ok();
+    match service::auth::register(&c.st, email, name, password, addr).await {
+        Ok(_) => Ok(()),
+        Err(PortalError::SignupRateLimited { retry_after_secs }) => {
+            Err(RegisterFail::RateLimited(format!(
+                "Too many accounts were created from your address; try again in {} minutes.",
+                retry_after_secs.div_ceil(60)
+            )))
+        }
+        Err(e) => Err(RegisterFail::Form(form_fail(e))),
+    }
 }
 
 /// Logs in; the session token.
@@ -217,10 +238,10 @@ pub async fn topup(
     cvc: &str,
 ) -> Result<(), MoneyFail> {
     let card = Card::new(number, expiry, cvc);
-    billing_job::account::topup(&c.db, c.st.provider.as_ref(), user_id, amount_micros, &card)
+    service::account::topup(&c.st, user_id, amount_micros, &card)
         .await
         .map(|_| ())
-        .map_err(|e| money_fail(PortalError::Account(e)))
+        .map_err(money_fail)
 }
 
 /// Pays a bill from the balance.

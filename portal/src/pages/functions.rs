@@ -15,7 +15,9 @@ use super::data::{self, RECENT_RUNS};
 use super::fmt;
 use super::render;
 use super::web::{self, Form, FormError};
-use super::{finish, form, need, notice, query, upload, Ctx, PageError, PageResult, Viewer};
+use super::{
+    finish, form, need, notice, query, upload, Ctx, PageError, PageResult, Upload, Viewer,
+};
 
 /// Largest values a form may ask for (the services check the real limits).
 const MAX_CPU: u64 = 64_000;
@@ -54,12 +56,10 @@ pub(super) fn routes(v: BoxedFilter<(Ctx, Option<Viewer>)>) -> BoxedFilter<(Resp
         .and(warp::post())
         .and(v.clone())
         .and(upload())
-        .then(
-            |c: Ctx, viewer: Option<Viewer>, f: Result<Form, FormError>| async move {
-                let r = save(&c, need(viewer.clone()), None, f).await;
-                finish(viewer.as_ref(), r)
-            },
-        );
+        .then(|c: Ctx, viewer: Option<Viewer>, up: Upload| async move {
+            let r = save(&c, need(viewer.clone()), None, up).await;
+            finish(viewer.as_ref(), r)
+        });
     let detail = warp::path!("functions" / String)
         .and(warp::get())
         .and(v.clone())
@@ -82,8 +82,8 @@ pub(super) fn routes(v: BoxedFilter<(Ctx, Option<Viewer>)>) -> BoxedFilter<(Resp
         .and(v.clone())
         .and(upload())
         .then(
-            |name: String, c: Ctx, viewer: Option<Viewer>, f: Result<Form, FormError>| async move {
-                let r = save(&c, need(viewer.clone()), Some(name), f).await;
+            |name: String, c: Ctx, viewer: Option<Viewer>, up: Upload| async move {
+                let r = save(&c, need(viewer.clone()), Some(name), up).await;
                 finish(viewer.as_ref(), r)
             },
         );
@@ -418,9 +418,11 @@ async fn save(
     c: &Ctx,
     v: Result<Viewer, PageError>,
     editing: Option<String>,
-    f: Result<Form, FormError>,
+    up: Upload,
 ) -> PageResult {
+    // The session first: an anonymous upload is redirected to the login page unread.
     let v = v?;
+    let f = up.read().await;
     let current = match &editing {
         Some(name) => Some(
             data::function(&c.db, &v.user.id, name)

@@ -250,18 +250,48 @@ fn form() -> impl Filter<Extract = (Form,), Error = Rejection> + Clone {
     })
 }
 
-/// A multipart (or url-encoded) form body with an optional file.
-fn upload() -> impl Filter<Extract = (Result<Form, web::FormError>,), Error = Rejection> + Clone {
+/// A multipart (or url-encoded) form body with an optional file, not read yet: a handler reads
+/// it ([`Upload::read`]) only once the session is known, so an anonymous upload is answered
+/// without its (up to 20 MiB) body being read.
+pub(crate) struct Upload {
+    content_type: Option<String>,
+    body: futures::stream::BoxStream<'static, Result<Bytes, warp::Error>>,
+}
+
+impl Upload {
+    /// Reads and parses the body (at most [`web::MULTIPART_LIMIT`] bytes).
+    pub async fn read(self) -> Result<Form, web::FormError> {
+        let body = read_limited(self.body, web::MULTIPART_LIMIT).await?;
+        let ct = self.content_type.unwrap_or_default();
+        if ct.starts_with("multipart/form-data") {
+            web::multipart(&ct, body).await
+        } else {
+            Ok(web::urlencoded(&body))
+        }
+    }
+}
+
+/// A request body as a boxed stream of `Bytes`.
+fn boxed_body<S, B>(s: S) -> futures::stream::BoxStream<'static, Result<Bytes, warp::Error>>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: bytes::Buf,
+{
+    use futures::{StreamExt, TryStreamExt};
+    s.map_ok(|mut b| {
+        let n = b.remaining();
+        b.copy_to_bytes(n)
+    })
+    .boxed()
+}
+
+/// The upload of a request, unread.
+fn upload() -> impl Filter<Extract = (Upload,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::body::stream())
-        .then(|ct: Option<String>, s| async move {
-            let body = read_limited(s, web::MULTIPART_LIMIT).await?;
-            let ct = ct.unwrap_or_default();
-            if ct.starts_with("multipart/form-data") {
-                web::multipart(&ct, body).await
-            } else {
-                Ok(web::urlencoded(&body))
-            }
+        .map(|content_type: Option<String>, s| Upload {
+            content_type,
+            body: boxed_body(s),
         })
 }
 

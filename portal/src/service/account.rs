@@ -67,15 +67,19 @@ pub async fn account(st: &State, user_id: &str) -> Result<AccountView, PortalErr
     })
 }
 
-/// Charges `card` and adds `amount_micros` to the balance; returns the new balance. 400 bad card
-/// or amount, 402 declined.
+/// Charges `card` and adds `amount_micros` to the balance; returns the new balance. 503 when no
+/// payment provider is configured, 400 bad card or amount, 402 declined.
 pub async fn topup(
     st: &State,
     user_id: &str,
     amount_micros: i64,
     card: &Card,
 ) -> Result<i64, PortalError> {
-    Ok(acc::topup(&st.db, st.provider.as_ref(), user_id, amount_micros, card).await?)
+    let provider = st
+        .provider
+        .as_deref()
+        .ok_or(PortalError::PaymentsUnavailable)?;
+    Ok(acc::topup(&st.db, provider, user_id, amount_micros, card).await?)
 }
 
 /// The user's top-ups and bill payments, newest first.

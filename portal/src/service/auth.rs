@@ -3,7 +3,10 @@
 //! a session token is 256 random bits shown once to the client, and only its SHA-256 is stored
 //! (`SessionDoc`), with an expiry checked on every use; each session carries its own CSRF token
 //! for the browser's forms. Login attempts are limited per account and per client address
-//! (governor, in memory per portal instance) before the password is even checked.
+//! (governor, in memory per portal instance) before the password is even checked; sign-ups per
+//! client address (`PORTAL_SIGNUP_PER_HOUR`) before any hashing; and all argon2 work (hashing
+//! and verifying) waits for one of `PORTAL_HASH_CONCURRENCY` permits, so a flood of sign-ups or
+//! logins cannot take more than that many 19 MiB hashes at once.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -69,6 +72,52 @@ impl LoginLimits {
     /// Forgets limiters that are back to full.
     pub fn prune(&self) {
         self.per_account.retain_recent();
+        self.per_address.retain_recent();
+    }
+}
+
+/// Sign-up limits: accounts created per client address per hour, and the permits of argon2
+/// work (sign-ups and logins alike).
+pub struct SignupLimits {
+    per_address: Keyed<IpAddr>,
+    hashing: tokio::sync::Semaphore,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for SignupLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignupLimits")
+    }
+}
+
+impl SignupLimits {
+    pub fn new(per_hour: NonZeroU32, hash_concurrency: usize) -> SignupLimits {
+        SignupLimits {
+            per_address: RateLimiter::keyed(Quota::per_hour(per_hour)),
+            hashing: tokio::sync::Semaphore::new(hash_concurrency.max(1)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one sign-up from the address's budget; `Err(seconds to wait)` when it is spent.
+    /// Requests without a known address share one budget.
+    pub fn check(&self, addr: Option<IpAddr>) -> Result<(), u64> {
+        let a = addr.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        self.per_address
+            .check_key(&a)
+            .map_err(|nu| nu.wait_time_from(self.clock.now()).as_secs().max(1))
+    }
+
+    /// Waits for a permit to hash or verify a password.
+    pub async fn hashing(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PortalError> {
+        self.hashing
+            .acquire()
+            .await
+            .map_err(|e| PortalError::Internal(e.into()))
+    }
+
+    /// Forgets limiters that are back to full.
+    pub fn prune(&self) {
         self.per_address.retain_recent();
     }
 }
@@ -153,12 +202,14 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// Creates an account with the configured free credit; returns its user id. 400 for a bad
-/// email, a password shorter than 8 characters or a bad name; 409 when the email is taken.
+/// email, a password shorter than 8 characters or a bad name; 429 when `client` has created
+/// its hourly allowance of accounts; 409 when the email is taken.
 pub async fn register(
     st: &State,
     email: &str,
     name: &str,
     password: &str,
+    client: Option<IpAddr>,
 ) -> Result<String, PortalError> {
     let email = normalize_email(email)?;
     let name = name.trim();
@@ -184,6 +235,11 @@ pub async fn register(
             format!("must be at most {MAX_PASSWORD_CHARS} characters"),
         ));
     }
+    if let Err(retry_after_secs) = st.signup.check(client) {
+        st.metrics.signups_limited.inc();
+        tracing::info!(client = ?client, "sign-up rate limited");
+        return Err(PortalError::SignupRateLimited { retry_after_secs });
+    }
     let taken = coll::<bson::Document>(st, collections::USERS)
         .find_one(doc! {"email": &email})
         .projection(doc! {"_id": 1})
@@ -196,7 +252,10 @@ pub async fn register(
         id: format!("u{}", uuid::Uuid::now_v7().simple()),
         email,
         name: name.to_owned(),
-        password_hash: hash_password(password).await?,
+        password_hash: {
+            let _permit = st.signup.hashing().await?;
+            hash_password(password).await?
+        },
         balance_micros: st.cfg.free_credit_micros,
         spent_micros: 0,
         paid_micros: 0,
@@ -230,11 +289,14 @@ pub async fn login(
         .find_one(doc! {"email": &email})
         .await
         .map_err(db_err("looking up the account"))?;
-    let ok = match &user {
-        Some(u) => verify_password(password, &u.password_hash).await,
-        None => {
-            let _ = verify_password(password, dummy_hash()).await;
-            false
+    let ok = {
+        let _permit = st.signup.hashing().await?;
+        match &user {
+            Some(u) => verify_password(password, &u.password_hash).await,
+            None => {
+                let _ = verify_password(password, dummy_hash()).await;
+                false
+            }
         }
     };
     let (true, Some(user)) = (ok, user) else {
@@ -351,6 +413,22 @@ mod tests {
         assert!(l.check("b@x.io", Some(ip)).is_err());
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(l.check("c@x.io", Some(other)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn signups_are_limited_per_address_and_hashing_is_bounded() {
+        let l = SignupLimits::new(NonZeroU32::new(2).unwrap(), 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(l.check(Some(a)).is_ok());
+        assert!(l.check(Some(a)).is_ok());
+        let wait = l.check(Some(a)).unwrap_err();
+        // One sign-up comes back every 30 minutes at 2 per hour.
+        assert!((1..=1800).contains(&wait), "{wait}");
+        assert!(l.check(Some("10.0.0.2".parse().unwrap())).is_ok());
+        let held = l.hashing().await.unwrap();
+        assert!(l.hashing.try_acquire().is_err(), "one hash at a time");
+        drop(held);
+        assert!(l.hashing.try_acquire().is_ok());
     }
 
     #[tokio::test]

@@ -218,14 +218,9 @@ pub fn arg_type_str(t: ArgType) -> &'static str {
     }
 }
 
-/// The contract's function-name rule.
+/// The contract's function-name rule (`schemas::valid_function_name`).
 pub fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 50
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    schemas::valid_function_name(name)
 }
 
 fn check_name(name: &str) -> Result<(), PortalError> {
