@@ -91,10 +91,9 @@ pub fn invocation_type(headers: &HeaderMap) -> Result<Option<Mode>, GatewayError
         return Ok(None);
     };
     let raw = String::from_utf8_lossy(v.as_bytes()).trim().to_owned();
-    match raw.to_ascii_lowercase().as_str() {
-        "sync" => Ok(Some(Mode::Sync)),
-        "async" => Ok(Some(Mode::Async)),
-        _ => Err(GatewayError::BadInvocationType(raw)),
+    match Mode::parse(&raw.to_ascii_lowercase()) {
+        Some(m) => Ok(Some(m)),
+        None => Err(GatewayError::BadInvocationType(raw)),
     }
 }
 
@@ -119,10 +118,11 @@ pub fn callback_url(headers: &HeaderMap, mode: Mode) -> Result<Option<String>, G
 
 /// The body limit of an invocation type.
 pub fn body_limit(mode: Mode) -> (u64, &'static str) {
-    match mode {
-        Mode::Sync => (SYNC_BODY_BYTES, "sync"),
-        Mode::Async => (ASYNC_BODY_BYTES, "async"),
-    }
+    let limit = match mode {
+        Mode::Sync => SYNC_BODY_BYTES,
+        Mode::Async => ASYNC_BODY_BYTES,
+    };
+    (limit, mode.as_str())
 }
 
 /// Reads a body of at most `limit` bytes.

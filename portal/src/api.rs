@@ -367,7 +367,7 @@ where
                             "filename": v.filename,
                             "code_sha256": v.code_sha256,
                             "code_size": v.code_size,
-                            "code_kind": functions::code_kind_str(v.code_kind),
+                            "code_kind": v.code_kind.as_str(),
                             "created_at": service::rfc3339(v.created_at_ms),
                         })
                     })

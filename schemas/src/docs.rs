@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{lenient, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{contract_strings, lenient, Mode, Resources, RunError, RunStatus, Runtime};
 
 /// The seed's User Info table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,15 @@ pub enum ArgType {
     Object,
     Array,
 }
+
+contract_strings!(ArgType {
+    Int => "int",
+    Float => "float",
+    String => "string",
+    Bool => "bool",
+    Object => "object",
+    Array => "array",
+});
 
 /// The seed's Function table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +130,13 @@ pub enum CodeKind {
     TarGz,
 }
 
+// Shown as `tar.gz` in the API and pages; stored (serde) as `tar_gz`.
+contract_strings!(CodeKind {
+    Single => "single",
+    Zip => "zip",
+    TarGz => "tar.gz",
+});
+
 /// Whether a run still has to be billed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +148,12 @@ pub enum BillState {
     /// Never billed: the platform caused the failure.
     Exempt,
 }
+
+contract_strings!(BillState {
+    Unbilled => "unbilled",
+    Billed => "billed",
+    Exempt => "exempt",
+});
 
 /// The seed's Func Running Record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +214,11 @@ pub enum BillStatus {
     Paid,
 }
 
+contract_strings!(BillStatus {
+    Unpaid => "unpaid",
+    Paid => "paid",
+});
+
 /// The seed's Bill table. `amount_micros` is the exact sum of the items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BillDoc {
@@ -218,6 +245,13 @@ pub enum PricedResource {
     Request,
 }
 
+contract_strings!(PricedResource {
+    Cpu => "cpu",
+    Memory => "memory",
+    Disk => "disk",
+    Request => "request",
+});
+
 /// One price. `_id` is the resource name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceDoc {
@@ -233,6 +267,11 @@ pub enum HistoryKind {
     Topup,
     BillPayment,
 }
+
+contract_strings!(HistoryKind {
+    Topup => "topup",
+    BillPayment => "bill_payment",
+});
 
 /// The seed's Account Info History.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -293,10 +293,10 @@ fn spec_of(i: &FunctionInput) -> service::functions::FunctionSpec {
         args_schema: service::functions::ArgsSpec(
             i.args_schema
                 .iter()
-                .map(|(n, t)| (n.clone(), service::functions::arg_type_str(*t).to_owned()))
+                .map(|(n, t)| (n.clone(), t.as_str().to_owned()))
                 .collect(),
         ),
-        mode: Some(service::functions::mode_str(i.mode).to_owned()),
+        mode: Some(i.mode.as_str().to_owned()),
         resources: service::functions::ResourcesSpec {
             cpu_millicores: Some(i.resources.cpu_millicores),
             memory_mb: Some(i.resources.memory_mb),
