@@ -687,6 +687,7 @@ impl Dispatcher {
             started_at_ms: None,
             finished_at_ms: schemas::now_ms(),
             callback_url: inv.callback_url.clone(),
+            hold: inv.hold,
         };
         let body = serde_json::to_vec(&r).unwrap_or_default();
         if let Some(reply_to) = &inv.reply_to {

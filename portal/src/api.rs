@@ -418,7 +418,7 @@ where
         (["account", "topups"], Method::POST) => {
             let b = read_body(req, body, SMALL_BODY, "the body").await?;
             let t: TopupReq = parse(&b)?;
-            let card = billing_job::account::Card::new(t.card_number, t.card_expiry, t.card_cvc);
+            let card = accounts::Card::new(t.card_number, t.card_expiry, t.card_cvc);
             let balance = account::topup(st, uid, t.amount_micros, &card).await?;
             Ok(created(&json!({"balance_micros": balance}), None))
         }

@@ -149,7 +149,7 @@ async fn ensure_indexes(db: mongodb::Database) {
         }
     }
     loop {
-        match common::pricing::Prices::load_or_seed(&db).await {
+        match accounts::Prices::load_or_seed(&db).await {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "seeding prices failed; retrying");
@@ -202,8 +202,9 @@ pub async fn run(
             store: gateway::store::Store::new(db),
             inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
             sync_grace: cfg.sync_grace,
+            prices: accounts::PriceBook::new(),
         },
-        provider: Arc::new(billing_job::account::TestProvider),
+        provider: Arc::new(accounts::TestProvider),
         metrics: state::Metrics::new(),
         draining: AtomicBool::new(false),
         cfg,

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{contract_strings, lenient, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{contract_strings, lenient, Hold, Mode, Resources, RunError, RunStatus, Runtime};
 
 /// The seed's User Info table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,12 +18,15 @@ pub struct UserDoc {
     pub password_hash: String,
     pub balance_micros: i64,
     /// Cost of every finished run, ever: raised by the run writer as final records land.
-    /// Absent on accounts that predate it (their credit is summed from runs instead).
+    /// Absent on accounts that predate it (`accounts::credit::migrate` initialises it).
     #[serde(default)]
     pub spent_micros: i64,
     /// Amount of every bill paid, ever: raised by the update that deducts a bill.
     #[serde(default)]
     pub paid_micros: i64,
+    // Also on the document, outside this struct (maintained by `accounts` with `$inc`):
+    // `reserved_micros` (worst case of the runs in flight), `queued_runs` and `sync_runs` (the
+    // per-user limits). Missing ones count as 0.
     pub created_at_ms: i64,
 }
 
@@ -193,6 +196,10 @@ pub struct RunDoc {
     pub started_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<i64>,
+    /// What accepting the run reserved on its user's account; the write that makes the record
+    /// final releases it (`accounts::hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 /// One line of a bill.

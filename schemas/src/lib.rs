@@ -129,6 +129,17 @@ impl RunStatus {
     }
 }
 
+/// What accepting an invocation reserved on its user's account: its worst-case cost, and a
+/// sync slot when it is a sync call. Carried by the invocation, its result and its run record,
+/// so that the write making the record final releases exactly this (`accounts::hold`). Runs
+/// accepted before reservations existed carry none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Hold {
+    pub reserved_micros: i64,
+    #[serde(default, with = "lenient::bool")]
+    pub sync: bool,
+}
+
 /// Why a run did not succeed. `code` is snake_case and stable; `message` is for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunError {

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use accounts::Prices;
 use anyhow::Context as _;
 use common::amqp;
 use common::metrics::{Registry, Value};
-use common::pricing::Prices;
 use common::runstore::{finished_doc, RunWrite, RunWriter};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -570,11 +570,8 @@ async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i64) -> Resu
     let billed = if platform {
         0
     } else {
-        inner
-            .prices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .run_cost(o.duration_ms, inv.resources)
+        let prices = *inner.prices.lock().unwrap_or_else(|e| e.into_inner());
+        accounts::pricing::bill(&prices, o.duration_ms, inv.resources, inv.hold.as_ref())
     };
     ResultMsg {
         v: MESSAGE_VERSION,
@@ -596,6 +593,7 @@ async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i64) -> Resu
         started_at_ms: Some(started_at_ms),
         finished_at_ms: schemas::now_ms(),
         callback_url: inv.callback_url.clone(),
+        hold: inv.hold,
     }
 }
 

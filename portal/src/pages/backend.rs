@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use billing_job::account::{AccountError, Card};
+use accounts::{AccountError, Card};
 use schemas::{ApiKeyDoc, ArgType, FunctionDoc, HistoryDoc, Mode, Resources, Runtime, UserDoc};
 use serde_json::{json, Value};
 use warp::http::StatusCode;
@@ -174,9 +174,10 @@ fn money_fail(e: PortalError) -> MoneyFail {
     match e {
         PortalError::Account(AccountError::InvalidCard(ce)) => {
             let field = match ce {
-                billing_job::card::CardError::ExpiryFormat
-                | billing_job::card::CardError::Expired => "card_expiry",
-                billing_job::card::CardError::Cvc => "card_cvc",
+                accounts::card::CardError::ExpiryFormat | accounts::card::CardError::Expired => {
+                    "card_expiry"
+                }
+                accounts::card::CardError::Cvc => "card_cvc",
                 _ => "card_number",
             };
             MoneyFail::Field(field, ce.to_string())
@@ -217,7 +218,7 @@ pub async fn topup(
     cvc: &str,
 ) -> Result<(), MoneyFail> {
     let card = Card::new(number, expiry, cvc);
-    billing_job::account::topup(&c.db, c.st.provider.as_ref(), user_id, amount_micros, &card)
+    accounts::topup(&c.db, c.st.provider.as_ref(), user_id, amount_micros, &card)
         .await
         .map(|_| ())
         .map_err(|e| money_fail(PortalError::Account(e)))
@@ -225,7 +226,7 @@ pub async fn topup(
 
 /// Pays a bill from the balance.
 pub async fn pay_bill(c: &Pages, user_id: &str, bill_id: &str) -> Result<(), MoneyFail> {
-    billing_job::account::pay_bill(&c.db, user_id, bill_id)
+    accounts::pay_bill(&c.db, user_id, bill_id)
         .await
         .map(|_| ())
         .map_err(|e| money_fail(PortalError::Account(e)))
@@ -242,18 +243,18 @@ pub async fn balance(c: &Pages, user_id: &str) -> anyhow::Result<i64> {
 }
 
 pub async fn available_credit(c: &Pages, user_id: &str) -> anyhow::Result<i64> {
-    billing_job::account::available_credit(&c.db, user_id)
+    accounts::available_credit(&c.db, user_id)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub async fn history(c: &Pages, user_id: &str) -> anyhow::Result<Vec<HistoryDoc>> {
-    billing_job::account::history(&c.db, user_id, 100).await
+    accounts::history(&c.db, user_id, 100).await
 }
 
 /// The price list as table rows.
 pub async fn prices(c: &Pages) -> anyhow::Result<Vec<Value>> {
-    let p = common::pricing::Prices::load_or_seed(&c.db).await?;
+    let p = accounts::Prices::load_or_seed(&c.db).await?;
     Ok(p.to_docs()
         .iter()
         .map(|d| {

@@ -1,6 +1,6 @@
 //! The account: its view (balance and available credit), top-ups, history, bills, paying a
 //! bill, the unbilled runs shown as a bill, and the prices. Invariants: money is integer micros;
-//! every balance change goes through `billing_job::account` (top-ups charge the payment
+//! every balance change goes through `accounts` (top-ups charge the payment
 //! provider first; payments are one conditional update each, so the balance never goes negative
 //! and concurrent payments of one bill give exactly one 200 and 409s); only the card's last four
 //! digits are ever stored; bills of other users are 404.
@@ -9,8 +9,7 @@ use bson::doc;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
-use billing_job::account::{self as acc, Card};
-use common::pricing::Prices;
+use accounts::{self as acc, Card, Prices};
 use schemas::names::collections;
 use schemas::{BillDoc, BillItem, BillState, HistoryDoc, PriceDoc, RunDoc, RunStatus};
 
@@ -32,7 +31,8 @@ pub struct AccountView {
     pub email: String,
     pub name: String,
     pub balance_micros: i64,
-    /// The budget cap: balance − unpaid bills − finished unbilled runs.
+    /// The budget cap: balance − unpaid bills − finished unbilled runs − the worst case of
+    /// the runs in flight (`accounts::credit`).
     pub available_micros: i64,
 }
 

@@ -544,7 +544,7 @@ async fn summaries(
         ) else {
             continue;
         };
-        let at = gateway::store::lenient_i64(d.get("created_at_ms"));
+        let at = schemas::lenient::int(d.get("created_at_ms"));
         out.entry(name.to_owned()).or_default().add(status, at);
     }
     Ok(out)
