@@ -58,8 +58,8 @@ use crate::lease::{Lease, LeaseHeld};
 use common::wire;
 
 /// The billing job's private collection of bills being created: `{_id: <bill id>, user_id,
-/// created_at_ms, pass_id, n_items, run_ids: [...]}`. Nothing but the billing job (and the
-/// budget cap, which counts drafted runs) reads it; it is empty between passes.
+/// created_at_ms, pass_id, n_items, run_ids: [...]}`. Nothing but the billing job reads it; it
+/// is empty between passes.
 pub const DRAFTS: &str = "bill_drafts";
 /// Name of the billing job's lease in the `leases` collection.
 pub const LEASE_NAME: &str = "billing";

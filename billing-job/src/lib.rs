@@ -1,10 +1,8 @@
 //! The batch billing job: turns finished, unbilled runs into one bill per user, crash-safe and
-//! idempotent (`billing`), plus the account operations the portal calls: top-ups, bill
-//! payments, the available credit (`account`).
+//! idempotent (`billing`). The money itself — prices, credit, top-ups, bill payments — is the
+//! `accounts` crate's.
 
-pub mod account;
 pub mod billing;
-pub mod card;
 pub mod config;
 pub mod lease;
 

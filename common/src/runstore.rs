@@ -11,17 +11,20 @@
 //!   fencing epoch; a refused duplicate is ignored. So a late `Pending` or `Started` never
 //!   overwrites a final run, and a finish delivered twice lands once.
 //!
-//! A finish that lands adds the run's cost to its user's `spent_micros` counter (the budget
-//! cap's input, see `credit.rs`), in one `$inc` per user per batch, after the runs are stored.
-//! A refused finish adds nothing, so a run is counted at most once; a writer that dies between
-//! the two round trips leaves those runs uncounted (the cap is then lenient by their cost; the
-//! bills, computed from the runs, are exact).
+//! A finish that lands settles the run's money on its user's counters (`accounts::hold`): its
+//! cost is added to `spent_micros` and its reservation (the [`schemas::Hold`] it carries) is
+//! released, in one `$inc` per user per batch, after the runs are stored. A refused finish
+//! settles nothing, so a run is counted and released at most once; a writer that dies between
+//! the two round trips leaves those runs unsettled (their reservations, never smaller than
+//! their costs, stay counted: the cap is then strict by the difference; the bills, computed
+//! from the runs, are exact).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use accounts::Settlement;
 use bson::{doc, Document};
 use mongodb::Database;
 use schemas::names::collections;
@@ -206,10 +209,10 @@ async fn run(
         if failing.swap(false, Ordering::Relaxed) {
             tracing::info!(writes = batch.len(), "run records are stored again");
         }
-        // Retried on its own: retrying the runs' writes would find them final and count nothing.
+        // Retried on its own: retrying the runs' writes would find them final and settle nothing.
         let mut backoff = Duration::from_millis(50);
-        while let Err(e) = count_spent(&db, &spent).await {
-            tracing::warn!(error = %format!("{e:#}"), users = spent.len(), "counting spent credit failed; retrying");
+        while let Err(e) = settle(&db, &spent).await {
+            tracing::warn!(error = %format!("{e:#}"), users = spent.len(), "settling finished runs' credit failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
@@ -220,13 +223,13 @@ async fn run(
     }
 }
 
-/// Stores one batch in at most two round trips. Returns the cost of the runs whose final
-/// record this batch wrote (refused duplicates excluded), summed per user, and the batch
-/// indices of the finishes that were refused (the run was already final).
+/// Stores one batch in at most two round trips. Returns the money of the runs whose final
+/// record this batch wrote (refused duplicates excluded), per user, and the batch indices of
+/// the finishes that were refused (the run was already final).
 async fn store(
     db: &Database,
     batch: &[RunWrite],
-) -> anyhow::Result<(HashMap<String, i64>, HashSet<usize>)> {
+) -> anyhow::Result<(HashMap<String, Settlement>, HashSet<usize>)> {
     // A finish in the same batch makes the start of the same run moot.
     let finished: HashMap<&str, ()> = batch
         .iter()
@@ -235,8 +238,8 @@ async fn store(
         .collect();
     let mut inserts: Vec<Document> = Vec::new();
     let mut updates: Vec<Document> = Vec::new();
-    // (statement index, user, cost) of every billable finish.
-    let mut costs: Vec<(usize, &str, i64)> = Vec::new();
+    // (statement index, finish) of every finish with money to settle.
+    let mut costs: Vec<(usize, &RunDoc)> = Vec::new();
     // (statement index, batch index) of every finish.
     let mut finishes: Vec<(usize, usize)> = Vec::new();
     for (bi, w) in batch.iter().enumerate() {
@@ -262,8 +265,8 @@ async fn store(
                 });
             }
             RunWrite::Finished(d) => {
-                if d.billed_micros > 0 {
-                    costs.push((updates.len(), d.user_id.as_str(), d.billed_micros));
+                if d.billed_micros > 0 || d.hold.is_some() {
+                    costs.push((updates.len(), d.as_ref()));
                 }
                 finishes.push((updates.len(), bi));
                 updates.push(finish_statement(d)?);
@@ -272,7 +275,7 @@ async fn store(
     }
     // Duplicate keys are expected: they are how repeated writes are refused.
     crate::wire::insert(db, collections::RUNS, inserts, "inserting pending runs").await?;
-    let mut spent: HashMap<String, i64> = HashMap::new();
+    let mut spent: HashMap<String, Settlement> = HashMap::new();
     let mut refused_finishes = HashSet::new();
     if !updates.is_empty() {
         let reply = db
@@ -284,10 +287,10 @@ async fn store(
             .await?;
         // A refused finish (the run was already final) is a duplicate key on `_id`.
         let refused = crate::wire::duplicate_indices(&reply, "updating runs")?;
-        for (i, user, cost) in costs {
+        for (i, d) in costs {
             if !refused.contains(&i) {
-                let total = spent.entry(user.to_owned()).or_default();
-                *total = total.saturating_add(cost);
+                let s = spent.entry(d.user_id.clone()).or_default();
+                s.add(d.billed_micros, d.hold.as_ref());
             }
         }
         refused_finishes = finishes
@@ -299,19 +302,10 @@ async fn store(
     Ok((spent, refused_finishes))
 }
 
-/// Adds each user's newly finished runs to their `spent_micros` counter (one round trip). Users
-/// whose document predates the counter are left alone: their credit is still summed from runs.
-async fn count_spent(db: &Database, spent: &HashMap<String, i64>) -> anyhow::Result<()> {
-    let statements: Vec<Document> = spent
-        .iter()
-        .map(|(user, micros)| {
-            doc! {
-                "q": {"_id": user, crate::credit::SPENT: {"$exists": true}},
-                "u": {"$inc": {crate::credit::SPENT: *micros}},
-            }
-        })
-        .collect();
-    crate::wire::update(db, collections::USERS, statements, "counting spent credit").await?;
+/// Applies each user's settlement of newly finished runs (one round trip).
+async fn settle(db: &Database, spent: &HashMap<String, Settlement>) -> anyhow::Result<()> {
+    let statements = accounts::hold::settle_statements(spent);
+    crate::wire::update(db, collections::USERS, statements, "settling finished runs").await?;
     Ok(())
 }
 
@@ -339,6 +333,18 @@ fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
     if let Some(s) = d.started_at_ms {
         set.insert("started_at_ms", s);
     }
+    let mut on_insert = doc! {
+        "user_id": &d.user_id,
+        "function_id": &d.function_id,
+        "function": &d.function,
+        "version": d.version as i64,
+        "args_json": &d.args_json,
+        "resources": bson::to_bson(&d.resources)?,
+        "created_at_ms": d.created_at_ms,
+    };
+    if let Some(h) = &d.hold {
+        on_insert.insert("hold", bson::to_bson(h)?);
+    }
     Ok(doc! {
         "q": {
             "_id": &d.id,
@@ -347,15 +353,7 @@ fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
         },
         "u": {
             "$set": set,
-            "$setOnInsert": {
-                "user_id": &d.user_id,
-                "function_id": &d.function_id,
-                "function": &d.function,
-                "version": d.version as i64,
-                "args_json": &d.args_json,
-                "resources": bson::to_bson(&d.resources)?,
-                "created_at_ms": d.created_at_ms,
-            },
+            "$setOnInsert": on_insert,
         },
         "upsert": true,
     })
@@ -396,6 +394,7 @@ pub fn result_of(d: &RunDoc, callback_url: Option<String>) -> schemas::ResultMsg
         started_at_ms: d.started_at_ms,
         finished_at_ms: d.finished_at_ms.unwrap_or(d.created_at_ms),
         callback_url,
+        hold: d.hold,
     }
 }
 
@@ -423,6 +422,7 @@ pub fn pending_doc(inv: &schemas::InvocationMsg) -> RunDoc {
         created_at_ms: inv.created_at_ms,
         started_at_ms: None,
         finished_at_ms: None,
+        hold: inv.hold,
     }
 }
 
@@ -455,5 +455,6 @@ pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i6
         created_at_ms,
         started_at_ms: r.started_at_ms,
         finished_at_ms: Some(r.finished_at_ms),
+        hold: r.hold,
     }
 }

@@ -39,6 +39,7 @@ fn invocation(n: u64) -> InvocationMsg {
         reply_to: None,
         callback_url: None,
         created_at_ms: schemas::now_ms(),
+        hold: None,
     }
 }
 

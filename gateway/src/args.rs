@@ -17,17 +17,6 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn arg_type_name(t: ArgType) -> &'static str {
-    match t {
-        ArgType::Int => "int",
-        ArgType::Float => "float",
-        ArgType::String => "string",
-        ArgType::Bool => "bool",
-        ArgType::Object => "object",
-        ArgType::Array => "array",
-    }
-}
-
 /// True when `v` has type `t`: int is a JSON integer, float any number.
 pub fn matches(t: ArgType, v: &Value) -> bool {
     match t {
@@ -50,7 +39,7 @@ pub fn validate(schema: &[(String, ArgType)], args: &Value) -> Result<(), String
             "the args must be a JSON object with {}; got {}",
             schema
                 .iter()
-                .map(|(n, t)| format!("{n:?} ({})", arg_type_name(*t)))
+                .map(|(n, t)| format!("{n:?} ({})", t.as_str()))
                 .collect::<Vec<_>>()
                 .join(", "),
             type_name(args)
@@ -58,11 +47,11 @@ pub fn validate(schema: &[(String, ArgType)], args: &Value) -> Result<(), String
     };
     for (name, t) in schema {
         match obj.get(name) {
-            None => return Err(format!("missing argument {name:?} ({})", arg_type_name(*t))),
+            None => return Err(format!("missing argument {name:?} ({})", t.as_str())),
             Some(v) if !matches(*t, v) => {
                 return Err(format!(
                     "argument {name:?} must be {}, not {}",
-                    arg_type_name(*t),
+                    t.as_str(),
                     type_name(v)
                 ))
             }

@@ -59,6 +59,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Worker threads of the async runtime (`GATEWAY_THREADS`); 1 polls everything on one thread.
     pub threads: usize,
+    /// Per user, across keys and gateways: accepted runs not finished yet
+    /// (`GATEWAY_USER_MAX_QUEUED`) and sync calls in flight (`GATEWAY_USER_MAX_SYNC`).
+    pub user_limits: accounts::Limits,
 }
 
 fn duration(env: &Env, key: &str, default: &str) -> Result<Duration, ConfigError> {
@@ -82,6 +85,14 @@ pub fn callback_allow(env: &Env) -> Result<crate::egress::AddressPolicy, ConfigE
     let raw = config::string(env, None, crate::egress::ALLOW_ENV, "");
     crate::egress::AddressPolicy::parse(&raw)
         .map_err(|e| ConfigError::new(crate::egress::ALLOW_ENV, e))
+}
+
+fn at_least_one(env: &Env, key: &str, default: i64) -> Result<i64, ConfigError> {
+    let v: i64 = config::parse(env, None, key, default)?;
+    if v < 1 {
+        return Err(ConfigError::new(key, "must be at least 1"));
+    }
+    Ok(v)
 }
 
 impl Config {
@@ -151,6 +162,18 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let user_limits = accounts::Limits {
+            max_queued: at_least_one(
+                env,
+                "GATEWAY_USER_MAX_QUEUED",
+                accounts::hold::DEFAULT_MAX_QUEUED,
+            )?,
+            max_sync: at_least_one(
+                env,
+                "GATEWAY_USER_MAX_SYNC",
+                accounts::hold::DEFAULT_MAX_SYNC,
+            )?,
+        };
         Ok(Config {
             instance_id,
             addr,
@@ -176,6 +199,7 @@ impl Config {
                 "GATEWAY_THREADS",
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )?,
+            user_limits,
         })
     }
 }
@@ -204,14 +228,22 @@ mod tests {
             c.callback_allow,
             crate::egress::AddressPolicy::public_only()
         );
+        assert_eq!(c.user_limits, accounts::Limits::default());
+        assert_eq!(
+            (c.user_limits.max_queued, c.user_limits.max_sync),
+            (10_000, 1_000)
+        );
 
         let e = env(&[
             ("GATEWAY_RATE_PER_SEC", "5"),
             ("GATEWAY_BURST", "7"),
             ("GATEWAY_ID", "gw1"),
+            ("GATEWAY_USER_MAX_QUEUED", "3"),
+            ("GATEWAY_USER_MAX_SYNC", "2"),
         ]);
         let c = Config::from_env(&e, &Flags::default()).unwrap();
         assert_eq!((c.rate_per_sec.get(), c.burst.get()), (5, 7));
+        assert_eq!((c.user_limits.max_queued, c.user_limits.max_sync), (3, 2));
         assert_eq!(c.instance_id, "gw1");
         let flags = Flags {
             burst: Some("9".into()),
@@ -235,6 +267,8 @@ mod tests {
             ("GATEWAY_PUBLISH_TIMEOUT", "soon"),
             ("GATEWAY_ADDR", "nowhere"),
             ("GATEWAY_CALLBACK_ALLOW", "127.0.0.1/40"),
+            ("GATEWAY_USER_MAX_QUEUED", "0"),
+            ("GATEWAY_USER_MAX_SYNC", "many"),
         ] {
             let err = Config::from_env(&env(&[(k, v)]), &Flags::default()).unwrap_err();
             assert!(err.to_string().starts_with(k), "{k}={v}: {err}");

@@ -31,8 +31,17 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64, kind: &'static str },
     #[error("too many requests for this API key; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
-    #[error("the account has no credit left (available {available_micros} micros); top up or pay the open bills")]
-    InsufficientCredit { available_micros: i64 },
+    #[error("the available credit ({available_micros} micros) cannot cover this invocation's worst case ({needed_micros} micros: its timeout at its resources and the prices); top up or pay the open bills")]
+    InsufficientCredit {
+        available_micros: i64,
+        needed_micros: i64,
+    },
+    /// Too many of the user's runs (or sync calls) not finished yet, across keys and gateways.
+    #[error("{message}; retry after {retry_after_secs} s")]
+    UserLimit {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("the gateway has too many calls in flight")]
@@ -104,6 +113,12 @@ pub fn api_error(e: &GatewayError) -> ApiError {
                 .with_retry_after((*retry_after_secs).max(1));
         }
         G::InsufficientCredit { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_credit"),
+        G::UserLimit {
+            retry_after_secs, ..
+        } => {
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_limit", msg)
+                .with_retry_after((*retry_after_secs).max(1));
+        }
         G::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         G::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
         G::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -130,6 +145,31 @@ pub fn api_error(e: &GatewayError) -> ApiError {
         G::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     ApiError::new(status, code, msg)
+}
+
+/// How long a caller over a per-user limit is asked to wait: runs end within seconds to
+/// minutes, and a retry costs one conditional update.
+pub const USER_LIMIT_RETRY_SECS: u64 = 1;
+
+impl From<accounts::ReserveError> for GatewayError {
+    fn from(e: accounts::ReserveError) -> GatewayError {
+        use accounts::ReserveError as R;
+        match e {
+            R::UnknownUser => GatewayError::UnknownKey,
+            R::InsufficientCredit {
+                available_micros,
+                needed_micros,
+            } => GatewayError::InsufficientCredit {
+                available_micros,
+                needed_micros,
+            },
+            e @ (R::QueuedLimit { .. } | R::SyncLimit { .. }) => GatewayError::UserLimit {
+                message: e.to_string(),
+                retry_after_secs: USER_LIMIT_RETRY_SECS,
+            },
+            R::Internal(e) => GatewayError::Unavailable(format!("{e:#}")),
+        }
+    }
 }
 
 impl warp::Reply for GatewayError {
@@ -184,9 +224,18 @@ mod tests {
             (
                 G::InsufficientCredit {
                     available_micros: 0,
+                    needed_micros: 1,
                 },
                 402,
                 "insufficient_credit",
+            ),
+            (
+                G::UserLimit {
+                    message: "too many".into(),
+                    retry_after_secs: 1,
+                },
+                429,
+                "user_limit",
             ),
             (G::ShuttingDown, 503, "shutting_down"),
             (G::NoCapacity, 503, "no_capacity"),
@@ -251,6 +300,17 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "1");
+        let resp = GatewayError::from(accounts::ReserveError::QueuedLimit {
+            running: 3,
+            limit: 3,
+        })
+        .into_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(
+            api_error(&accounts::ReserveError::UnknownUser.into()).status,
+            401
+        );
 
         let a = api_error(&GatewayError::FunctionFailed {
             run_id: "r1".into(),

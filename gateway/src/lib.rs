@@ -5,8 +5,9 @@
 //! `GET /openapi.json` (the OpenAPI 3 document of all of them, [`OPENAPI`]).
 //! The order of checks on an invocation is: draining (503), API key (401), rate limit (429),
 //! `X-Invocation-Type` (400), `Content-Length` (413), function (404), body size (413), JSON
-//! (400), args schema (400), `X-Callback-Url` (400), budget (402), then the publish (503 when
-//! RabbitMQ is unreachable).
+//! (400), args schema (400), `X-Callback-Url` (400), the reservation of the invocation's worst
+//! case against the user's credit and limits (402, 429 `user_limit`; `accounts::hold`), then
+//! the publish (503 when RabbitMQ is unreachable).
 
 pub mod args;
 pub mod broker;
@@ -79,6 +80,7 @@ pub struct State {
     metrics: Metrics,
     draining: AtomicBool,
     inflight: Arc<Semaphore>,
+    prices: accounts::PriceBook,
 }
 
 impl std::fmt::Debug for State {
@@ -107,10 +109,9 @@ pub fn invocation_type(headers: &HeaderMap) -> Result<Option<Mode>, GatewayError
         return Ok(None);
     };
     let raw = String::from_utf8_lossy(v.as_bytes()).trim().to_owned();
-    match raw.to_ascii_lowercase().as_str() {
-        "sync" => Ok(Some(Mode::Sync)),
-        "async" => Ok(Some(Mode::Async)),
-        _ => Err(GatewayError::BadInvocationType(raw)),
+    match Mode::parse(&raw.to_ascii_lowercase()) {
+        Some(m) => Ok(Some(m)),
+        None => Err(GatewayError::BadInvocationType(raw)),
     }
 }
 
@@ -140,10 +141,11 @@ pub fn callback_url(
 
 /// The body limit of an invocation type.
 pub fn body_limit(mode: Mode) -> (u64, &'static str) {
-    match mode {
-        Mode::Sync => (SYNC_BODY_BYTES, "sync"),
-        Mode::Async => (ASYNC_BODY_BYTES, "async"),
-    }
+    let limit = match mode {
+        Mode::Sync => SYNC_BODY_BYTES,
+        Mode::Async => ASYNC_BODY_BYTES,
+    };
+    (limit, mode.as_str())
 }
 
 /// Reads a body of at most `limit` bytes.
@@ -177,6 +179,20 @@ pub fn parse_args(body: &[u8]) -> Result<Value, GatewayError> {
         return Ok(Value::Object(Default::default()));
     }
     serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))
+}
+
+/// The final record of a run whose invocation never reached RabbitMQ: failed by the platform,
+/// not billed, and carrying the invocation's hold, so that storing it releases the reservation.
+pub fn unpublished_doc(inv: &InvocationMsg, why: &str) -> RunDoc {
+    let mut d = pending_doc(inv);
+    d.status = RunStatus::Failed;
+    d.error = Some(RunError::new(
+        PLATFORM_UNAVAILABLE,
+        format!("the invocation was not accepted: {why}"),
+    ));
+    d.bill_state = BillState::Exempt;
+    d.finished_at_ms = Some(schemas::now_ms());
+    d
 }
 
 /// What a finished run tells a sync caller.
@@ -302,31 +318,28 @@ impl State {
             .ok_or_else(|| GatewayError::NoSuchFunction(name.to_owned()))
     }
 
-    async fn check_budget(&self, user_id: &str) -> Result<(), GatewayError> {
-        match self
-            .store
-            .available_credit(user_id)
+    /// Reserves the invocation's worst case, a run slot and (sync) a sync slot on the user's
+    /// account: 402 when the credit cannot cover it, 429 over a per-user limit.
+    async fn reserve(
+        &self,
+        user_id: &str,
+        func: &FunctionDoc,
+        mode: Mode,
+    ) -> Result<accounts::Reservation, GatewayError> {
+        let db = self.store.db();
+        let prices = self
+            .prices
+            .current(db)
             .await
-            .map_err(GatewayError::Unavailable)?
-        {
-            None => Err(GatewayError::UnknownKey),
-            Some(available_micros) if available_micros <= 0 => {
-                Err(GatewayError::InsufficientCredit { available_micros })
-            }
-            Some(_) => Ok(()),
-        }
+            .map_err(|e| GatewayError::Unavailable(format!("{e:#}")))?;
+        let worst = prices.worst_case(func.timeout_ms, func.resources);
+        let sync = mode == Mode::Sync;
+        Ok(accounts::reserve(db, user_id, worst, sync, &self.cfg.user_limits).await?)
     }
 
     /// Marks a run whose invocation never reached RabbitMQ as failed by the platform.
     async fn record_unpublished(&self, inv: &InvocationMsg, why: &PublishError) {
-        let mut d = pending_doc(inv);
-        d.status = RunStatus::Failed;
-        d.error = Some(RunError::new(
-            PLATFORM_UNAVAILABLE,
-            format!("the invocation was not accepted: {why}"),
-        ));
-        d.bill_state = BillState::Exempt;
-        d.finished_at_ms = Some(schemas::now_ms());
+        let d = unpublished_doc(inv, &why.to_string());
         self.writer.write(RunWrite::Finished(Box::new(d))).await;
     }
 
@@ -369,8 +382,8 @@ impl State {
         let body = read_body(body, mode).await?;
         let args = parse_args(&body)?;
         args::validate(&func.args_schema, &args).map_err(GatewayError::InvalidArgs)?;
-        self.check_budget(&key.user_id).await?;
         self.check_records()?;
+        let reservation = self.reserve(&key.user_id, &func, mode).await?;
 
         let inv = InvocationMsg {
             v: MESSAGE_VERSION,
@@ -391,14 +404,21 @@ impl State {
             reply_to: None,
             callback_url,
             created_at_ms: schemas::now_ms(),
+            hold: Some(reservation.hold()),
         };
         match mode {
-            Mode::Sync => self.invoke_sync(inv).await,
-            Mode::Async => self.invoke_async(inv).await,
+            Mode::Sync => self.invoke_sync(inv, reservation).await,
+            Mode::Async => self.invoke_async(inv, reservation).await,
         }
     }
 
-    async fn invoke_sync(&self, mut inv: InvocationMsg) -> Result<Response, GatewayError> {
+    /// `reservation` is released if this returns before the publish; from the publish on, the
+    /// run's final record releases it (a record of a failed publish included).
+    async fn invoke_sync(
+        &self,
+        mut inv: InvocationMsg,
+        reservation: accounts::Reservation,
+    ) -> Result<Response, GatewayError> {
         let _permit = self
             .inflight
             .clone()
@@ -413,6 +433,7 @@ impl State {
         self.writer
             .write(RunWrite::Pending(Box::new(pending_doc(&inv))))
             .await;
+        reservation.hand_over();
         if let Err(e) = self.broker.publish_invocation(&inv).await {
             tracing::warn!(run_id = inv.run_id, error = %e, "a sync invocation was not published");
             self.record_unpublished(&inv, &e).await;
@@ -475,10 +496,16 @@ impl State {
         Ok(())
     }
 
-    async fn invoke_async(&self, inv: InvocationMsg) -> Result<Response, GatewayError> {
+    /// As [`State::invoke_sync`] for `reservation`.
+    async fn invoke_async(
+        &self,
+        inv: InvocationMsg,
+        reservation: accounts::Reservation,
+    ) -> Result<Response, GatewayError> {
         if !self.broker.is_connected() {
             return Err(Self::unavailable(&PublishError::NotConnected));
         }
+        reservation.hand_over();
         let write = async {
             let started = Instant::now();
             let written = tokio::time::timeout(
@@ -697,6 +724,7 @@ pub async fn run(
         store: Store::new(db),
         limiter: KeyLimiter::new(cfg.rate_per_sec, cfg.burst),
         inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
+        prices: accounts::PriceBook::new(),
         broker,
         writer: writer.clone(),
         metrics,
@@ -942,6 +970,7 @@ mod tests {
             created_at_ms: 0,
             started_at_ms: None,
             finished_at_ms: None,
+            hold: None,
         };
         let o = Outcome::from(&d);
         assert_eq!(o.result, Some(serde_json::json!([1])));

@@ -115,10 +115,7 @@ impl Metrics {
 
     /// One accepted invocation.
     pub fn accepted(&self, mode: schemas::Mode) {
-        let mode = match mode {
-            schemas::Mode::Sync => "sync",
-            schemas::Mode::Async => "async",
-        };
+        let mode = mode.as_str();
         self.registry
             .counter(
                 "colorfaas_gateway_invocations_total",

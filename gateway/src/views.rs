@@ -79,6 +79,7 @@ mod tests {
             created_at_ms: 1_714_564_800_123,
             started_at_ms: None,
             finished_at_ms: None,
+            hold: None,
         }
     }
 

@@ -212,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             finished_at_ms: status
                 .is_final()
                 .then_some(now - (n_runs - i) as i64 * 1000 + 20),
+            hold: None,
         });
         if batch.len() == 1000 {
             db.collection::<RunDoc>(collections::RUNS)

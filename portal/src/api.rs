@@ -383,7 +383,7 @@ where
                             "filename": v.filename,
                             "code_sha256": v.code_sha256,
                             "code_size": v.code_size,
-                            "code_kind": functions::code_kind_str(v.code_kind),
+                            "code_kind": v.code_kind.as_str(),
                             "created_at": service::rfc3339(v.created_at_ms),
                         })
                     })
@@ -434,7 +434,7 @@ where
         (["account", "topups"], Method::POST) => {
             let b = read_body(req, body, SMALL_BODY, "the body").await?;
             let t: TopupReq = parse(&b)?;
-            let card = billing_job::account::Card::new(t.card_number, t.card_expiry, t.card_cvc);
+            let card = accounts::Card::new(t.card_number, t.card_expiry, t.card_cvc);
             let balance = account::topup(st, uid, t.amount_micros, &card).await?;
             Ok(created(&json!({"balance_micros": balance}), None))
         }

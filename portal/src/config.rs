@@ -171,12 +171,12 @@ impl Config {
         let free_credit_micros: i64 = config::parse(
             env,
             flags.free_credit_micros.as_deref(),
-            billing_job::account::FREE_CREDIT_ENV,
-            billing_job::account::DEFAULT_FREE_CREDIT_MICROS,
+            accounts::FREE_CREDIT_ENV,
+            accounts::DEFAULT_FREE_CREDIT_MICROS,
         )?;
         if free_credit_micros < 0 {
             return Err(ConfigError::new(
-                billing_job::account::FREE_CREDIT_ENV,
+                accounts::FREE_CREDIT_ENV,
                 "must not be negative",
             ));
         }

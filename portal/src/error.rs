@@ -2,7 +2,7 @@
 //! body `{"error": {"code", "message"}}` (plus `"field"` for validation errors, so a form can
 //! say what to fix, and `run_id` where a run exists).
 
-use billing_job::account::AccountError;
+use accounts::AccountError;
 use gateway::GatewayError;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -41,7 +41,7 @@ pub enum PortalError {
     Conflict,
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
-    /// Top-ups and bill payments (billing_job::account).
+    /// Top-ups and bill payments (`accounts`).
     #[error(transparent)]
     Account(#[from] AccountError),
     /// A test invocation failed the way a sync invoke through the gateway does.

@@ -148,7 +148,7 @@ async fn ensure_indexes(db: mongodb::Database) {
         }
     }
     loop {
-        match common::pricing::Prices::load_or_seed(&db).await {
+        match accounts::Prices::load_or_seed(&db).await {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "seeding prices failed; retrying");
@@ -161,13 +161,13 @@ async fn ensure_indexes(db: mongodb::Database) {
 /// The configured card payment provider, if any.
 fn payment_provider(
     kind: Option<config::PaymentProviderKind>,
-) -> Option<Arc<dyn billing_job::account::PaymentProvider>> {
+) -> Option<Arc<dyn accounts::PaymentProvider>> {
     match kind? {
         config::PaymentProviderKind::Test => {
             tracing::warn!(
                 "top-ups use the built-in TEST payment provider: any valid card number pays"
             );
-            Some(Arc::new(billing_job::account::TestProvider))
+            Some(Arc::new(accounts::TestProvider))
         }
     }
 }
@@ -205,6 +205,7 @@ pub async fn run(
             store: gateway::store::Store::new(db),
             inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
             sync_grace: cfg.sync_grace,
+            prices: accounts::PriceBook::new(),
         },
         provider: payment_provider(cfg.payment_provider),
         metrics: state::Metrics::new(),

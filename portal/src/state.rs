@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use billing_job::account::PaymentProvider;
+use accounts::PaymentProvider;
 use common::metrics::{Registry, Value};
 use mongodb::Database;
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{lenient, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{contract_strings, lenient, Hold, Mode, Resources, RunError, RunStatus, Runtime};
 
 /// The seed's User Info table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,12 +18,15 @@ pub struct UserDoc {
     pub password_hash: String,
     pub balance_micros: i64,
     /// Cost of every finished run, ever: raised by the run writer as final records land.
-    /// Absent on accounts that predate it (their credit is summed from runs instead).
+    /// Absent on accounts that predate it (`accounts::credit::migrate` initialises it).
     #[serde(default)]
     pub spent_micros: i64,
     /// Amount of every bill paid, ever: raised by the update that deducts a bill.
     #[serde(default)]
     pub paid_micros: i64,
+    // Also on the document, outside this struct (maintained by `accounts` with `$inc`):
+    // `reserved_micros` (worst case of the runs in flight), `queued_runs` and `sync_runs` (the
+    // per-user limits). Missing ones count as 0.
     pub created_at_ms: i64,
 }
 
@@ -61,6 +64,15 @@ pub enum ArgType {
     Object,
     Array,
 }
+
+contract_strings!(ArgType {
+    Int => "int",
+    Float => "float",
+    String => "string",
+    Bool => "bool",
+    Object => "object",
+    Array => "array",
+});
 
 /// The seed's Function table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +133,13 @@ pub enum CodeKind {
     TarGz,
 }
 
+// Shown as `tar.gz` in the API and pages; stored (serde) as `tar_gz`.
+contract_strings!(CodeKind {
+    Single => "single",
+    Zip => "zip",
+    TarGz => "tar.gz",
+});
+
 /// Whether a run still has to be billed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +151,12 @@ pub enum BillState {
     /// Never billed: the platform caused the failure.
     Exempt,
 }
+
+contract_strings!(BillState {
+    Unbilled => "unbilled",
+    Billed => "billed",
+    Exempt => "exempt",
+});
 
 /// The seed's Func Running Record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +196,10 @@ pub struct RunDoc {
     pub started_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<i64>,
+    /// What accepting the run reserved on its user's account; the write that makes the record
+    /// final releases it (`accounts::hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 /// One line of a bill.
@@ -191,6 +220,11 @@ pub enum BillStatus {
     Unpaid,
     Paid,
 }
+
+contract_strings!(BillStatus {
+    Unpaid => "unpaid",
+    Paid => "paid",
+});
 
 /// The seed's Bill table. `amount_micros` is the exact sum of the items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +252,13 @@ pub enum PricedResource {
     Request,
 }
 
+contract_strings!(PricedResource {
+    Cpu => "cpu",
+    Memory => "memory",
+    Disk => "disk",
+    Request => "request",
+});
+
 /// One price. `_id` is the resource name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceDoc {
@@ -233,6 +274,11 @@ pub enum HistoryKind {
     Topup,
     BillPayment,
 }
+
+contract_strings!(HistoryKind {
+    Topup => "topup",
+    BillPayment => "bill_payment",
+});
 
 /// The seed's Account Info History.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

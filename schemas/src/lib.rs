@@ -1,10 +1,14 @@
 //! The contract between Color FaaS components: queue and exchange names, versioned messages,
-//! MongoDB documents, collection names and their indexes. No service logic lives here.
+//! MongoDB documents, collection names and their indexes, and the contract's rules every
+//! component applies the same way: the string form of every enum ([`contract_strings!`]), the
+//! name rules (`rules`) and the limits (`limits`). No service logic lives here.
 
 pub mod docs;
 pub mod lenient;
 pub mod messages;
 pub mod names;
+pub mod rules;
+mod strings;
 
 pub use docs::*;
 pub use messages::*;
@@ -66,17 +70,13 @@ pub enum Runtime {
     Exec,
 }
 
+contract_strings!(Runtime {
+    Python3 => "python3",
+    Node => "node",
+    Exec => "exec",
+});
+
 impl Runtime {
-    pub const ALL: [Runtime; 3] = [Runtime::Python3, Runtime::Node, Runtime::Exec];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Python3 => "python3",
-            Runtime::Node => "node",
-            Runtime::Exec => "exec",
-        }
-    }
-
     /// The Docker image tag the project builds for this runtime.
     pub fn image(self) -> &'static str {
         match self {
@@ -84,10 +84,6 @@ impl Runtime {
             Runtime::Node => "colorfaas/runtime-node:latest",
             Runtime::Exec => "colorfaas/runtime-exec:latest",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Runtime> {
-        Runtime::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -100,6 +96,11 @@ pub enum Mode {
     Async,
 }
 
+contract_strings!(Mode {
+    Sync => "sync",
+    Async => "async",
+});
+
 /// A run's lifecycle. Stored as a string so it reads back the same on every server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,34 +112,32 @@ pub enum RunStatus {
     TimedOut,
 }
 
+contract_strings!(RunStatus {
+    Pending => "pending",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    TimedOut => "timed_out",
+});
+
 impl RunStatus {
-    pub const ALL: [RunStatus; 5] = [
-        RunStatus::Pending,
-        RunStatus::Running,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::TimedOut,
-    ];
     pub const FINAL: [RunStatus; 3] =
         [RunStatus::Succeeded, RunStatus::Failed, RunStatus::TimedOut];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Pending => "pending",
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::TimedOut => "timed_out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RunStatus> {
-        RunStatus::ALL.into_iter().find(|r| r.as_str() == s)
-    }
 
     pub fn is_final(self) -> bool {
         RunStatus::FINAL.contains(&self)
     }
+}
+
+/// What accepting an invocation reserved on its user's account: its worst-case cost, and a
+/// sync slot when it is a sync call. Carried by the invocation, its result and its run record,
+/// so that the write making the record final releases exactly this (`accounts::hold`). Runs
+/// accepted before reservations existed carry none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Hold {
+    pub reserved_micros: i64,
+    #[serde(default, with = "lenient::bool")]
+    pub sync: bool,
 }
 
 /// Why a run did not succeed. `code` is snake_case and stable; `message` is for people.
@@ -187,8 +186,22 @@ pub mod run_error_codes {
     pub const PLATFORM_CONTAINER_LOST: &str = "platform_container_lost";
 }
 
-/// Limits shared by the gateway, portal and worker.
+/// Limits shared by the gateway, portal, worker and SDK.
 pub mod limits {
+    /// Bounds of a function's `resources.cpu_millicores` (inclusive).
+    pub const CPU_MILLICORES: (u64, u64) = (50, 4000);
+    /// Bounds of `resources.memory_mb`.
+    pub const MEMORY_MB: (u64, u64) = (64, 10_240);
+    /// Bounds of `resources.disk_mb`.
+    pub const DISK_MB: (u64, u64) = (16, 10_240);
+    /// Bounds of `timeout_ms`: 100 ms to 15 minutes.
+    pub const TIMEOUT_MS: (u64, u64) = (100, 900_000);
+    /// A function's `timeout_ms` when its spec names none.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
+    /// Longest function description, in characters.
+    pub const DESCRIPTION_CHARS: usize = 1000;
+    /// Most arguments in an `args_schema`.
+    pub const ARGS: usize = 64;
     /// Captured logs per run are cut to their last 64 KiB.
     pub const LOG_TAIL_BYTES: usize = 64 * 1024;
     /// Largest result a function may return (bytes of JSON), like AWS Lambda's sync payload.
@@ -271,8 +284,45 @@ mod tests {
             "\"python3\""
         );
         assert_eq!(serde_json::to_string(&Mode::Async).unwrap(), "\"async\"");
-        for s in RunStatus::ALL {
-            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+    }
+
+    /// Serde's string (what is stored and sent) is the contract string, and `parse` inverts
+    /// `as_str`, for every variant of every enum with a contract string.
+    fn same_strings<T>(all: &[T], as_str: fn(T) -> &'static str, parse: fn(&str) -> Option<T>)
+    where
+        T: Copy + PartialEq + std::fmt::Debug + Serialize,
+    {
+        for &v in all {
+            assert_eq!(parse(as_str(v)), Some(v));
+            assert_eq!(serde_json::to_value(v).unwrap(), as_str(v), "{v:?}");
         }
+        assert_eq!(parse("no-such"), None);
+    }
+
+    #[test]
+    fn contract_strings_are_serde_strings() {
+        same_strings(&Runtime::ALL, Runtime::as_str, Runtime::parse);
+        same_strings(&Mode::ALL, Mode::as_str, Mode::parse);
+        same_strings(&RunStatus::ALL, RunStatus::as_str, RunStatus::parse);
+        same_strings(&ArgType::ALL, ArgType::as_str, ArgType::parse);
+        same_strings(&BillState::ALL, BillState::as_str, BillState::parse);
+        same_strings(&BillStatus::ALL, BillStatus::as_str, BillStatus::parse);
+        same_strings(
+            &PricedResource::ALL,
+            PricedResource::as_str,
+            PricedResource::parse,
+        );
+        same_strings(&HistoryKind::ALL, HistoryKind::as_str, HistoryKind::parse);
+        assert_eq!(Mode::choices(), "sync, async");
+        assert_eq!(RunStatus::TimedOut.to_string(), "timed_out");
+    }
+
+    #[test]
+    fn code_kinds_are_stored_with_an_underscore_and_shown_with_a_dot() {
+        for k in CodeKind::ALL {
+            assert_eq!(CodeKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(CodeKind::TarGz.as_str(), "tar.gz");
+        assert_eq!(serde_json::to_value(CodeKind::TarGz).unwrap(), "tar_gz");
     }
 }

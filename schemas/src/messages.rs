@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{CodeKind, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{CodeKind, Hold, Mode, Resources, RunError, RunStatus, Runtime};
 
 /// The schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -43,6 +43,9 @@ pub struct InvocationMsg {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
     pub created_at_ms: i64,
+    /// What accepting it reserved (released by its final record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 impl InvocationMsg {
@@ -106,6 +109,9 @@ pub struct ResultMsg {
     pub finished_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The invocation's hold, for the final record to release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 /// A task a worker is running right now, as reported in its heartbeat.
@@ -169,6 +175,10 @@ mod tests {
             reply_to: Some("q".into()),
             callback_url: None,
             created_at_ms: 1,
+            hold: Some(Hold {
+                reserved_micros: 25,
+                sync: true,
+            }),
         };
         let s = serde_json::to_vec(&m).unwrap();
         assert_eq!(serde_json::from_slice::<InvocationMsg>(&s).unwrap(), m);

@@ -319,6 +319,8 @@ pub fn failure_error(f: &Failure, subject: &Subject) -> CliError {
         },
         413 => CliError::usage(format!("too large: {msg}"))
             .hint("send less: code packages up to 20 MiB, sync bodies up to 6 MiB, async bodies up to 256 KiB"),
+        429 if f.code == "user_limit" => CliError::new(exit::BUSY, format!("too many runs in flight: {msg}"))
+            .hint("wait for some of your runs to finish (`colorfaas runs <function> --status pending`), then try again"),
         429 => CliError::new(exit::BUSY, format!("rate limited: {msg}")).hint(match &f.retry_after {
             Some(s) => format!("retry after {s} s"),
             None => "retry in a moment".to_owned(),
@@ -376,6 +378,7 @@ mod tests {
             (404, "not_found", 4, "function \"f\" not found"),
             (413, "payload_too_large", 2, "too large"),
             (429, "rate_limited", 8, "rate limited"),
+            (429, "user_limit", 8, "too many runs in flight"),
             (502, "function_error", 1, "the function failed"),
             (503, "no_capacity", 8, "unavailable"),
             (504, "timeout", 1, "timed out"),

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use schemas::Runtime;
+use schemas::{RunStatus, Runtime};
 use serde_json::Value;
 use worker::agent::{AgentContext, CallError};
 use worker::docker::{Containers, Load, Spec};
@@ -19,7 +19,7 @@ use crate::package;
 pub struct LocalRun {
     pub run_id: String,
     /// `succeeded`, `failed` or `timed_out`.
-    pub status: &'static str,
+    pub status: RunStatus,
     pub result: Option<Value>,
     /// `(code, message)` with the platform's run error codes.
     pub error: Option<(String, String)>,
@@ -33,7 +33,7 @@ impl LocalRun {
     pub fn to_json(&self) -> Value {
         let mut v = serde_json::json!({
             "run_id": self.run_id,
-            "status": self.status,
+            "status": self.status.as_str(),
             "logs": self.logs,
             "duration_ms": self.duration_ms,
             "start_ms": self.start_ms,
@@ -161,7 +161,7 @@ async fn run_in(
     let wall_ms = (t1.elapsed().as_micros() as u64).div_ceil(1000).max(1);
     let mut out = LocalRun {
         run_id: run_id.clone(),
-        status: "failed",
+        status: RunStatus::Failed,
         result: None,
         error: None,
         logs: String::new(),
@@ -178,7 +178,7 @@ async fn run_in(
             out.duration_ms = resp.duration_us.div_ceil(1000).max(1);
             out.logs = resp.logs;
             if resp.ok {
-                out.status = "succeeded";
+                out.status = RunStatus::Succeeded;
                 out.result = Some(resp.result.unwrap_or(Value::Null));
             } else {
                 let e = resp.error.unwrap_or(worker::agent::AgentError {
@@ -216,7 +216,7 @@ async fn run_in(
             out.error = fail(schemas::run_error_codes::PLATFORM_WORKER, e.to_string());
         }
         Some(Err(_)) => {
-            out.status = "timed_out";
+            out.status = RunStatus::TimedOut;
             out.duration_ms = manifest.timeout_ms;
             out.error = fail(
                 schemas::run_error_codes::TIMEOUT,
@@ -233,7 +233,7 @@ async fn run_in(
 
 /// The exit code of a local run.
 pub fn exit_code(r: &LocalRun) -> i32 {
-    if r.status == "succeeded" {
+    if r.status == RunStatus::Succeeded {
         exit::OK
     } else {
         exit::FUNCTION_FAILED

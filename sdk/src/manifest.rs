@@ -3,21 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+use schemas::limits::{
+    ARGS, CPU_MILLICORES, DEFAULT_TIMEOUT_MS, DESCRIPTION_CHARS, DISK_MB, MEMORY_MB, TIMEOUT_MS,
+};
+use schemas::rules::{valid_function_name, FUNCTION_NAME_HELP};
+use schemas::{ArgType, Mode, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{CliError, Result};
 
 pub const FILE: &str = "colorfaas.json";
-pub const RUNTIMES: [&str; 3] = ["python3", "node", "exec"];
-pub const ARG_TYPES: [&str; 6] = ["int", "float", "string", "bool", "object", "array"];
-/// The platform's bounds (the portal answers 400 outside them).
-pub const CPU_MILLICORES: (u64, u64) = (50, 4000);
-pub const MEMORY_MB: (u64, u64) = (64, 10_240);
-pub const DISK_MB: (u64, u64) = (16, 10_240);
-pub const TIMEOUT_MS: (u64, u64) = (100, 900_000);
-pub const MAX_DESCRIPTION_CHARS: usize = 1000;
-pub const MAX_ARGS: usize = 64;
 
 /// A function's requested resources (a missing field takes its default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,20 +26,21 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
+        let d = schemas::Resources::DEFAULT;
         Resources {
-            cpu_millicores: 500,
-            memory_mb: 128,
-            disk_mb: 64,
+            cpu_millicores: d.cpu_millicores,
+            memory_mb: d.memory_mb,
+            disk_mb: d.disk_mb,
         }
     }
 }
 
 fn default_mode() -> String {
-    "sync".to_owned()
+    Mode::default().as_str().to_owned()
 }
 
 fn default_timeout() -> u64 {
-    3000
+    DEFAULT_TIMEOUT_MS
 }
 
 /// `colorfaas.json`.
@@ -68,21 +65,24 @@ pub struct Manifest {
     pub ignore: Vec<String>,
 }
 
-/// Whether `name` is a valid function name: `^[a-z0-9][a-z0-9-]{0,49}$`.
+/// Whether `name` is a valid function name (the contract's rule, `schemas::rules`).
 pub fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 50
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    valid_function_name(name)
 }
 
 pub fn name_error(name: &str) -> CliError {
     CliError::usage(format!(
-        "invalid function name {name:?}: use 1 to 50 lowercase letters, digits and dashes, starting with a letter or digit"
+        "invalid function name {name:?}: use {FUNCTION_NAME_HELP}"
     ))
     .hint("for example `colorfaas init my-function --runtime python3`")
+}
+
+/// The usage error for a runtime the platform does not have.
+pub fn unknown_runtime(runtime: &str) -> CliError {
+    CliError::usage(format!(
+        "unknown runtime {runtime:?}: use one of {}",
+        Runtime::choices()
+    ))
 }
 
 impl Manifest {
@@ -122,24 +122,20 @@ impl Manifest {
         if !valid_name(&self.name) {
             return Err(name_error(&self.name));
         }
-        if !RUNTIMES.contains(&self.runtime.as_str()) {
-            return Err(CliError::usage(format!(
-                "unknown runtime {:?}: use one of {}",
-                self.runtime,
-                RUNTIMES.join(", ")
-            )));
-        }
+        let Some(runtime) = Runtime::parse(&self.runtime) else {
+            return Err(unknown_runtime(&self.runtime));
+        };
         if self.handler.trim().is_empty() {
             return bad("handler is empty".into());
         }
-        if self.runtime != "exec" {
+        if runtime != Runtime::Exec {
             match self.handler.rsplit_once('.') {
                 Some((m, f)) if !m.is_empty() && !f.is_empty() => {}
                 _ => {
                     return bad(format!(
                         "handler {:?} must be module.function, e.g. {}",
                         self.handler,
-                        if self.runtime == "node" {
+                        if runtime == Runtime::Node {
                             "index.handle"
                         } else {
                             "main.handle"
@@ -149,29 +145,27 @@ impl Manifest {
             }
         }
         for (arg, ty) in &self.args_schema {
-            match ty.as_str() {
-                Some(t) if ARG_TYPES.contains(&t) => {}
-                _ => {
-                    return bad(format!(
-                        "args_schema.{arg} is {ty}: use one of {}",
-                        ARG_TYPES.map(|t| format!("\"{t}\"")).join(", ")
-                    ))
-                }
+            if ty.as_str().and_then(ArgType::parse).is_none() {
+                return bad(format!(
+                    "args_schema.{arg} is {ty}: use one of {}",
+                    ArgType::choices()
+                ));
             }
         }
-        if self.mode != "sync" && self.mode != "async" {
+        if Mode::parse(&self.mode).is_none() {
             return bad(format!(
-                "mode {:?} must be \"sync\" or \"async\"",
-                self.mode
+                "mode {:?} must be one of {}",
+                self.mode,
+                Mode::choices()
             ));
         }
-        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        if self.description.chars().count() > DESCRIPTION_CHARS {
             return bad(format!(
-                "description is longer than {MAX_DESCRIPTION_CHARS} characters"
+                "description is longer than {DESCRIPTION_CHARS} characters"
             ));
         }
-        if self.args_schema.len() > MAX_ARGS {
-            return bad(format!("args_schema has more than {MAX_ARGS} arguments"));
+        if self.args_schema.len() > ARGS {
+            return bad(format!("args_schema has more than {ARGS} arguments"));
         }
         let r = self.resources;
         for (field, v, (lo, hi)) in [
@@ -190,11 +184,11 @@ impl Manifest {
     /// The files that may hold the handler, relative to the function folder, in the order
     /// the runtime looks for them.
     pub fn handler_candidates(&self) -> Vec<PathBuf> {
-        match self.runtime.as_str() {
-            "exec" => vec![PathBuf::from(self.handler.trim_start_matches('/'))],
+        match Runtime::parse(&self.runtime) {
+            Some(Runtime::Exec) => vec![PathBuf::from(self.handler.trim_start_matches('/'))],
             rt => {
                 let module = self.handler.rsplit_once('.').map(|(m, _)| m).unwrap_or("");
-                if rt == "node" {
+                if rt == Some(Runtime::Node) {
                     ["", ".js", ".cjs", ".mjs", ".json", "/index.js"]
                         .iter()
                         .map(|ext| PathBuf::from(format!("{module}{ext}")))
@@ -248,16 +242,6 @@ mod tests {
 
     const GOOD: &str = r#"{"name":"adder","runtime":"python3","handler":"main.handle",
         "args_schema":{"a":"int"},"timeout_ms":1000}"#;
-
-    #[test]
-    fn names_follow_the_contract() {
-        for ok in ["a", "0", "my-fn", &"a".repeat(50)] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "A", "a_b", "a.b", &"a".repeat(51), "é"] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn a_good_manifest_gets_defaults() {

@@ -4,6 +4,9 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use schemas::limits::DEFAULT_TIMEOUT_MS;
+use schemas::{Mode, Runtime};
+
 use crate::error::{CliError, Result};
 use crate::manifest::{self, Manifest, Resources};
 
@@ -53,32 +56,32 @@ const EXEC: [File; 3] = [
 ];
 
 /// The manifest `init` writes for `runtime`.
-pub fn manifest(name: &str, runtime: &str) -> Manifest {
+pub fn manifest(name: &str, runtime: Runtime) -> Manifest {
     let handler = match runtime {
-        "python3" => "main.handle",
-        "node" => "index.handle",
-        _ => "handler",
+        Runtime::Python3 => "main.handle",
+        Runtime::Node => "index.handle",
+        Runtime::Exec => "handler",
     };
     Manifest {
         name: name.to_owned(),
-        runtime: runtime.to_owned(),
+        runtime: runtime.as_str().to_owned(),
         handler: handler.to_owned(),
         description: "says hello to whoever `name` names".to_owned(),
         args_schema: serde_json::from_value(serde_json::json!({"name": "string"}))
             .expect("an object"),
-        mode: "sync".to_owned(),
+        mode: Mode::Sync.as_str().to_owned(),
         resources: Resources::default(),
-        timeout_ms: 3000,
+        timeout_ms: DEFAULT_TIMEOUT_MS,
         ignore: Vec::new(),
     }
 }
 
 /// The command that runs the folder's local test.
-pub fn local_test_command(runtime: &str) -> &'static str {
+pub fn local_test_command(runtime: Runtime) -> &'static str {
     match runtime {
-        "python3" => "python3 test_main.py",
-        "node" => "node test.js",
-        _ => "sh test.sh",
+        Runtime::Python3 => "python3 test_main.py",
+        Runtime::Node => "node test.js",
+        Runtime::Exec => "sh test.sh",
     }
 }
 
@@ -87,16 +90,11 @@ pub fn init(parent: &Path, name: &str, runtime: &str) -> Result<(PathBuf, Vec<St
     if !manifest::valid_name(name) {
         return Err(manifest::name_error(name));
     }
+    let runtime = Runtime::parse(runtime).ok_or_else(|| manifest::unknown_runtime(runtime))?;
     let files: &[File] = match runtime {
-        "python3" => &PYTHON3,
-        "node" => &NODE,
-        "exec" => &EXEC,
-        other => {
-            return Err(CliError::usage(format!(
-                "unknown runtime {other:?}: use one of {}",
-                manifest::RUNTIMES.join(", ")
-            )))
-        }
+        Runtime::Python3 => &PYTHON3,
+        Runtime::Node => &NODE,
+        Runtime::Exec => &EXEC,
     };
     let dir = if parent == Path::new(".") {
         PathBuf::from(name)
@@ -145,7 +143,7 @@ mod tests {
     #[test]
     fn every_runtime_gets_a_valid_folder() {
         let parent = std::env::temp_dir().join(format!("cf-sdk-init-{}", uuid::Uuid::new_v4()));
-        for rt in manifest::RUNTIMES {
+        for rt in Runtime::ALL.map(Runtime::as_str) {
             let name = format!("hello-{rt}");
             let (dir, files) = init(&parent, &name, rt).unwrap();
             assert!(files.contains(&"event.json".to_owned()));

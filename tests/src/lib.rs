@@ -191,6 +191,7 @@ impl Sandbox {
             reply_to: None,
             callback_url: None,
             created_at_ms: schemas::now_ms(),
+            hold: None,
         }
     }
 
@@ -433,6 +434,7 @@ pub fn run_doc(user_id: &str, status: schemas::RunStatus, billed: i64) -> schema
         created_at_ms: now - 120_000,
         started_at_ms: fin.then_some(now - 90_000),
         finished_at_ms: fin.then_some(now - 60_000 + (n % 1000) as i64),
+        hold: None,
     }
 }
 
@@ -531,21 +533,22 @@ impl Sandbox {
         c
     }
 
-    /// Raises a user's `spent_micros` counter, standing for runs finished (and billed) before
-    /// a test seeds bills for them directly.
+    /// Settles `micros` of finished runs on a user's counters the way the run writer does
+    /// (`accounts::Settlement`), standing for runs finished (and billed) before a test seeds
+    /// bills for them directly.
     pub async fn add_spent(&self, user_id: &str, micros: i64) {
+        let mut s = accounts::Settlement::default();
+        s.add(micros, None);
+        let (filter, update) = s.statement(user_id);
         self.db
             .collection::<bson::Document>(schemas::names::collections::USERS)
-            .update_one(
-                bson::doc! {"_id": user_id},
-                bson::doc! {"$inc": {common::credit::SPENT: micros}},
-            )
+            .update_one(filter, update)
             .await
             .expect("raising spent_micros");
     }
 
-    /// Stores runs the way workers do (through the batched run writer, which also raises the
-    /// users' `spent_micros` counters): final runs as finishes, others as pending inserts.
+    /// Stores runs the way workers do (through the batched run writer, which also settles the
+    /// users' counters): final runs as finishes, others as pending inserts.
     pub async fn store_runs(&self, runs: &[schemas::RunDoc]) {
         let (writer, task) = common::runstore::RunWriter::spawn(self.db.clone());
         for r in runs {

@@ -343,6 +343,26 @@ async fn the_portal_in_a_real_browser() {
     w_.step("03-upload-form-error", "add function", async {
         w_.click("#new-function").await?;
         w_.expect_path("/functions/new").await?;
+        // The name field's pattern is the contract's name rule in the browser's own regex
+        // engine (a pattern the browser cannot compile is ignored and matches everything).
+        for (name, bad) in [
+            ("-adder", true),
+            ("Adder", true),
+            ("a_b", true),
+            ("adder-2", false),
+        ] {
+            let mismatch =
+                w_.c.execute(
+                    "const e = document.getElementById('name'); e.value = arguments[0]; \
+                     return e.validity.patternMismatch;",
+                    vec![json!(name)],
+                )
+                .await?;
+            anyhow::ensure!(
+                mismatch == json!(bad),
+                "the name field's pattern judges {name:?} {mismatch} (want {bad})"
+            );
+        }
         w_.fill("#name", "adder").await?;
         w_.find("#code")
             .await?

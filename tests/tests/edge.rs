@@ -85,6 +85,7 @@ async fn publish_result(sb: &Sandbox, user_id: &str, callback: &str) {
         started_at_ms: Some(now - 3),
         finished_at_ms: now,
         callback_url: Some(callback.to_owned()),
+        hold: None,
     };
     common::amqp::publish_confirmed(
         &sb.ch,

@@ -66,7 +66,7 @@ impl Ctx {
         );
         let ms = run["duration_ms"].as_u64().unwrap();
         let billed = run["billed_micros"].as_i64().unwrap();
-        let price = common::pricing::Prices::default().run_cost(ms, self.resources[function]);
+        let price = accounts::Prices::default().run_cost(ms, self.resources[function]);
         assert!(
             ms >= min_ms.max(1),
             "{function}: billed {ms} ms, ran at least {min_ms} ms"

@@ -38,15 +38,11 @@ async fn invoke(
     args: &Value,
     mode: Mode,
 ) -> reqwest::Result<reqwest::Response> {
-    let mode = match mode {
-        Mode::Sync => "sync",
-        Mode::Async => "async",
-    };
     client
         .post(format!("http://{gw}/v1/invoke/{function}"))
         .bearer_auth(key)
         .header("content-type", "application/json")
-        .header("x-invocation-type", mode)
+        .header("x-invocation-type", mode.as_str())
         .body(args.to_string())
         .send()
         .await
@@ -335,8 +331,8 @@ async fn two_hundred_async_invocations_all_succeed() {
     assert_eq!(runs.len(), 200, "run ids are unique");
     await_results(&client, gw.addr, &key, runs, Duration::from_secs(90)).await;
 
-    // Every finished run's cost was added to the user's spent counter, once: the budget cap
-    // reads it instead of summing runs.
+    // Every finished run's cost was added to the user's spent counter, once, and its
+    // reservation released: the budget cap reads them instead of summing runs.
     let docs: Vec<bson::Document> = sb
         .db
         .collection::<bson::Document>(schemas::names::collections::RUNS)
@@ -354,16 +350,10 @@ async fn two_hundred_async_invocations_all_succeed() {
     assert!(total >= 200, "every run costs at least a micro: {total}");
     eventually(
         Duration::from_secs(10),
-        "spent_micros counts every run",
+        "spent_micros counts every run and nothing stays reserved",
         || async {
-            let u = sb
-                .db
-                .collection::<bson::Document>(schemas::names::collections::USERS)
-                .find_one(bson::doc! {"_id": &user})
-                .await
-                .unwrap()
-                .unwrap();
-            (common::wire::int(u.get("spent_micros")) == total).then_some(())
+            let c = accounts::credit::counters(&sb.db, &user).await.unwrap();
+            (c.spent == total && c.reserved == 0 && c.queued == 0).then_some(())
         },
     )
     .await;

@@ -60,6 +60,7 @@ impl Bench {
             reply_to: Some(self.reply.clone()),
             callback_url: None,
             created_at_ms: schemas::now_ms(),
+            hold: None,
         }
     }
 

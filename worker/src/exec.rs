@@ -79,11 +79,8 @@ pub(crate) async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i
     let billed = if platform {
         0
     } else {
-        inner
-            .prices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .run_cost(o.duration_ms, inv.resources)
+        let prices = *inner.prices.lock().unwrap_or_else(|e| e.into_inner());
+        accounts::pricing::bill(&prices, o.duration_ms, inv.resources, inv.hold.as_ref())
     };
     ResultMsg {
         v: MESSAGE_VERSION,
@@ -105,6 +102,7 @@ pub(crate) async fn execute(inner: &Arc<Inner>, task: &TaskMsg, started_at_ms: i
         started_at_ms: Some(started_at_ms),
         finished_at_ms: schemas::now_ms(),
         callback_url: inv.callback_url.clone(),
+        hold: inv.hold,
     }
 }
 

@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use accounts::Prices;
 use anyhow::Context as _;
 use common::amqp::{Link, LinkConfig};
 use common::metrics::{Registry, Value};
-use common::pricing::Prices;
 use common::runstore::RunWriter;
 use schemas::names::AmqpNames;
 use schemas::{RunStatus, RunningTask};

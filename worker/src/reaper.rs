@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pricing::Prices;
+use accounts::Prices;
 use tokio::sync::watch;
 
 use crate::Inner;

@@ -289,6 +289,7 @@ impl Dispatcher {
             started_at_ms: None,
             finished_at_ms: schemas::now_ms(),
             callback_url: inv.callback_url.clone(),
+            hold: inv.hold,
         };
         // Stored first, so that whoever hears of the failure reads it back.
         let doc = finished_doc(&r, inv.args.to_string(), inv.created_at_ms);

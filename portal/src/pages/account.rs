@@ -111,13 +111,6 @@ pub(super) fn routes(v: BoxedFilter<(Ctx, Option<Viewer>)>) -> BoxedFilter<(Resp
         .boxed()
 }
 
-fn bill_status(s: BillStatus) -> &'static str {
-    match s {
-        BillStatus::Unpaid => "unpaid",
-        BillStatus::Paid => "paid",
-    }
-}
-
 fn period(b: &BillDoc) -> String {
     format!(
         "{} – {}",
@@ -146,7 +139,7 @@ async fn account_page(
             json!({
                 "bill_id": b.id, "short_id": fmt::short_id(&b.id), "created": fmt::time(b.created_at_ms),
                 "period": period(b), "items": n, "amount": fmt::money(b.amount_micros),
-                "status": bill_status(b.status), "unpaid": b.status == BillStatus::Unpaid,
+                "status": b.status.as_str(), "unpaid": b.status == BillStatus::Unpaid,
             })
         })
         .collect();
@@ -158,7 +151,7 @@ async fn account_page(
                 HistoryKind::BillPayment => ("Bill payment", fmt::money(-h.amount_micros.abs())),
             };
             json!({
-                "at": fmt::time(h.at_ms), "kind": match h.kind { HistoryKind::Topup => "topup", HistoryKind::BillPayment => "bill_payment" },
+                "at": fmt::time(h.at_ms), "kind": h.kind.as_str(),
                 "label": label, "amount": amount, "bill_id": h.bill_id, "last4": h.account_last4,
             })
         })
@@ -295,7 +288,7 @@ fn bill_view(b: &BillDoc) -> Value {
         .collect();
     json!({
         "bill_id": b.id, "short_id": fmt::short_id(&b.id), "created": fmt::time(b.created_at_ms),
-        "period": period(b), "amount": fmt::money(b.amount_micros), "status": bill_status(b.status),
+        "period": period(b), "amount": fmt::money(b.amount_micros), "status": b.status.as_str(),
         "unpaid": b.status == BillStatus::Unpaid, "paid_at": b.paid_at_ms.map(fmt::time),
         "items": items, "n_items": b.items.len(), "shown": BILL_ITEMS_SHOWN,
         "more": b.items.len() > BILL_ITEMS_SHOWN,

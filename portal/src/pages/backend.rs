@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use billing_job::account::{AccountError, Card};
+use accounts::{AccountError, Card};
 use schemas::{ApiKeyDoc, ArgType, FunctionDoc, HistoryDoc, Mode, Resources, Runtime, UserDoc};
 use serde_json::{json, Value};
 use warp::http::StatusCode;
@@ -195,9 +195,10 @@ fn money_fail(e: PortalError) -> MoneyFail {
     match e {
         PortalError::Account(AccountError::InvalidCard(ce)) => {
             let field = match ce {
-                billing_job::card::CardError::ExpiryFormat
-                | billing_job::card::CardError::Expired => "card_expiry",
-                billing_job::card::CardError::Cvc => "card_cvc",
+                accounts::card::CardError::ExpiryFormat | accounts::card::CardError::Expired => {
+                    "card_expiry"
+                }
+                accounts::card::CardError::Cvc => "card_cvc",
                 _ => "card_number",
             };
             MoneyFail::Field(field, ce.to_string())
@@ -246,7 +247,7 @@ pub async fn topup(
 
 /// Pays a bill from the balance.
 pub async fn pay_bill(c: &Pages, user_id: &str, bill_id: &str) -> Result<(), MoneyFail> {
-    billing_job::account::pay_bill(&c.db, user_id, bill_id)
+    accounts::pay_bill(&c.db, user_id, bill_id)
         .await
         .map(|_| ())
         .map_err(|e| money_fail(PortalError::Account(e)))
@@ -263,18 +264,18 @@ pub async fn balance(c: &Pages, user_id: &str) -> anyhow::Result<i64> {
 }
 
 pub async fn available_credit(c: &Pages, user_id: &str) -> anyhow::Result<i64> {
-    billing_job::account::available_credit(&c.db, user_id)
+    accounts::available_credit(&c.db, user_id)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub async fn history(c: &Pages, user_id: &str) -> anyhow::Result<Vec<HistoryDoc>> {
-    billing_job::account::history(&c.db, user_id, 100).await
+    accounts::history(&c.db, user_id, 100).await
 }
 
 /// The price list as table rows.
 pub async fn prices(c: &Pages) -> anyhow::Result<Vec<Value>> {
-    let p = common::pricing::Prices::load_or_seed(&c.db).await?;
+    let p = accounts::Prices::load_or_seed(&c.db).await?;
     Ok(p.to_docs()
         .iter()
         .map(|d| {
@@ -314,10 +315,10 @@ fn spec_of(i: &FunctionInput) -> service::functions::FunctionSpec {
         args_schema: service::functions::ArgsSpec(
             i.args_schema
                 .iter()
-                .map(|(n, t)| (n.clone(), service::functions::arg_type_str(*t).to_owned()))
+                .map(|(n, t)| (n.clone(), t.as_str().to_owned()))
                 .collect(),
         ),
-        mode: Some(service::functions::mode_str(i.mode).to_owned()),
+        mode: Some(i.mode.as_str().to_owned()),
         resources: service::functions::ResourcesSpec {
             cpu_millicores: Some(i.resources.cpu_millicores),
             memory_mb: Some(i.resources.memory_mb),

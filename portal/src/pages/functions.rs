@@ -3,6 +3,11 @@
 
 use std::collections::HashMap;
 
+use schemas::limits::{DESCRIPTION_CHARS, TIMEOUT_MS};
+use schemas::rules::{
+    valid_arg_name, valid_function_name, ARG_NAME_HELP, FUNCTION_NAME_HELP,
+    FUNCTION_NAME_HTML_PATTERN,
+};
 use schemas::{ArgType, FunctionDoc, Mode, Resources, RunDoc, RunStatus, Runtime};
 use serde_json::{json, Map, Value};
 use warp::filters::BoxedFilter;
@@ -23,7 +28,6 @@ use super::{
 const MAX_CPU: u64 = 64_000;
 const MAX_MEMORY_MB: u64 = 1024 * 1024;
 const MAX_DISK_MB: u64 = 1024 * 1024;
-const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
 pub(super) fn routes(v: BoxedFilter<(Ctx, Option<Viewer>)>) -> BoxedFilter<(Response,)> {
     let list = warp::path!("functions")
@@ -140,7 +144,7 @@ async fn list(c: &Ctx, v: Result<Viewer, PageError>, q: &HashMap<String, String>
         .iter()
         .map(|f| {
             json!({
-                "name": f.name, "runtime": f.runtime.as_str(), "mode": mode_str(f.mode),
+                "name": f.name, "runtime": f.runtime.as_str(), "mode": f.mode.as_str(),
                 "version": f.version, "description": f.description, "updated": fmt::time(f.updated_at_ms),
             })
         })
@@ -153,36 +157,6 @@ async fn list(c: &Ctx, v: Result<Viewer, PageError>, q: &HashMap<String, String>
         &chrome,
         json!({"functions": rows}),
     ))
-}
-
-fn mode_str(m: Mode) -> &'static str {
-    match m {
-        Mode::Sync => "sync",
-        Mode::Async => "async",
-    }
-}
-
-fn type_str(t: ArgType) -> &'static str {
-    match t {
-        ArgType::Int => "int",
-        ArgType::Float => "float",
-        ArgType::String => "string",
-        ArgType::Bool => "bool",
-        ArgType::Object => "object",
-        ArgType::Array => "array",
-    }
-}
-
-fn parse_type(s: &str) -> Option<ArgType> {
-    Some(match s {
-        "int" => ArgType::Int,
-        "float" => ArgType::Float,
-        "string" => ArgType::String,
-        "bool" => ArgType::Bool,
-        "object" => ArgType::Object,
-        "array" => ArgType::Array,
-        _ => return None,
-    })
 }
 
 /// Parses the `name:type` lines of the arguments box.
@@ -200,21 +174,17 @@ pub(crate) fn parse_schema(text: &str) -> Result<Vec<(String, ArgType)>, String>
             ));
         };
         let (name, ty) = (name.trim(), ty.trim().to_ascii_lowercase());
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid_name {
+        if !valid_arg_name(name) {
             return Err(format!(
-                "line {}: the argument name “{name}” may use letters, digits, _ and - only",
+                "line {}: the argument name “{name}” may use {ARG_NAME_HELP}",
                 i + 1
             ));
         }
-        let Some(t) = parse_type(&ty) else {
+        let Some(t) = ArgType::parse(&ty) else {
             return Err(format!(
-                "line {}: unknown type “{ty}”; use one of int, float, string, bool, object, array",
-                i + 1
+                "line {}: unknown type “{ty}”; use one of {}",
+                i + 1,
+                ArgType::choices()
             ));
         };
         if out.iter().any(|(n, _)| n == name) {
@@ -227,7 +197,7 @@ pub(crate) fn parse_schema(text: &str) -> Result<Vec<(String, ArgType)>, String>
 
 fn schema_text(s: &[(String, ArgType)]) -> String {
     s.iter()
-        .map(|(n, t)| format!("{n}:{}", type_str(*t)))
+        .map(|(n, t)| format!("{n}:{}", t.as_str()))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -256,7 +226,7 @@ fn fields_of(f: &FunctionDoc) -> Map<String, Value> {
     m.insert("handler".into(), json!(f.handler));
     m.insert("description".into(), json!(f.description));
     m.insert("args_schema".into(), json!(schema_text(&f.args_schema)));
-    m.insert("mode".into(), json!(mode_str(f.mode)));
+    m.insert("mode".into(), json!(f.mode.as_str()));
     m.insert(
         "cpu_millicores".into(),
         json!(f.resources.cpu_millicores.to_string()),
@@ -281,7 +251,11 @@ fn form_page(
         .iter()
         .map(|r| json!({"value": r.as_str(), "selected": r.as_str() == runtime}))
         .collect();
-    let mode_sync = fields.get("mode").and_then(Value::as_str) != Some("async");
+    let mode_sync = fields
+        .get("mode")
+        .and_then(Value::as_str)
+        .and_then(Mode::parse)
+        != Some(Mode::Async);
     let (title, data) = match editing {
         Some(f) => (
             format!("Modify {}", f.name),
@@ -304,6 +278,7 @@ fn form_page(
     data["errors"] = Value::Object(errors.clone());
     data["runtimes"] = json!(runtimes);
     data["mode_sync"] = json!(mode_sync);
+    data["name_pattern"] = json!(FUNCTION_NAME_HTML_PATTERN);
     let mut chrome = v.chrome(title, "functions");
     chrome.error = error;
     render::page(status, "function_form", &chrome, data)
@@ -331,16 +306,12 @@ fn read_form(f: &Form, editing: bool) -> Result<FunctionInput, Map<String, Value
         errors.entry(k.to_owned()).or_insert(json!(m));
     };
     let name = f.get("name").trim().to_owned();
-    if !editing && !valid_name(&name) {
-        err(
-            "name",
-            "use 1 to 50 lowercase letters, digits and dashes, starting with a letter or digit"
-                .into(),
-        );
+    if !editing && !valid_function_name(&name) {
+        err("name", format!("use {FUNCTION_NAME_HELP}"));
     }
     let runtime = Runtime::parse(f.get("runtime"));
     if runtime.is_none() {
-        err("runtime", "choose python3, node or exec".into());
+        err("runtime", format!("choose one of {}", Runtime::choices()));
     }
     let handler = f.get("handler").trim().to_owned();
     if handler.is_empty() {
@@ -350,18 +321,17 @@ fn read_form(f: &Form, editing: bool) -> Result<FunctionInput, Map<String, Value
         );
     }
     let description = f.get("description").trim().to_owned();
-    if description.chars().count() > 1000 {
-        err("description", "at most 1,000 characters".into());
+    if description.chars().count() > DESCRIPTION_CHARS {
+        err(
+            "description",
+            format!("at most {DESCRIPTION_CHARS} characters"),
+        );
     }
     let args_schema = parse_schema(f.get("args_schema")).unwrap_or_else(|e| {
         err("args_schema", e);
         Vec::new()
     });
-    let mode = if f.get("mode") == "async" {
-        Mode::Async
-    } else {
-        Mode::Sync
-    };
+    let mode = Mode::parse(f.get("mode")).unwrap_or_default();
     let mut num = |k: &str, label: &str, max: u64| {
         fmt::parse_positive(label, f.get(k), max).unwrap_or_else(|e| {
             err(k, e);
@@ -371,7 +341,7 @@ fn read_form(f: &Form, editing: bool) -> Result<FunctionInput, Map<String, Value
     let cpu = num("cpu_millicores", "CPU", MAX_CPU);
     let mem = num("memory_mb", "memory", MAX_MEMORY_MB);
     let disk = num("disk_mb", "disk", MAX_DISK_MB);
-    let timeout = num("timeout_ms", "timeout", MAX_TIMEOUT_MS);
+    let timeout = num("timeout_ms", "timeout", TIMEOUT_MS.1);
     let code = f
         .file
         .as_ref()
@@ -402,15 +372,6 @@ fn read_form(f: &Form, editing: bool) -> Result<FunctionInput, Map<String, Value
         resources: Resources::new(cpu, mem, disk),
         timeout_ms: timeout,
     })
-}
-
-fn valid_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && b.len() <= 50
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Create (`editing: None`) or modify a function from the multipart form.
@@ -571,7 +532,7 @@ fn test_inputs(f: &FunctionDoc, typed: Option<&Form>, errors: &Map<String, Value
                 _ => ("text", "", ""),
             };
             json!({
-                "name": name, "ty": type_str(*ty), "value": value,
+                "name": name, "ty": ty.as_str(), "value": value,
                 "input_type": input_type, "step": step, "placeholder": placeholder,
                 "is_bool": *ty == ArgType::Bool, "checked": value == "true",
                 "is_json": matches!(ty, ArgType::Object | ArgType::Array),
@@ -632,7 +593,7 @@ pub(crate) fn read_args(
         if raw.is_empty() && numeric {
             errors.insert(
                 name.clone(),
-                json!(format!("enter {name} ({})", type_str(*ty))),
+                json!(format!("enter {name} ({})", ty.as_str())),
             );
             continue;
         }
@@ -779,12 +740,12 @@ async fn detail_page(
     let versions = backend::versions(c, f).await.unwrap_or_default();
     let func = json!({
         "name": f.name, "description": f.description, "runtime": f.runtime.as_str(),
-        "handler": f.handler, "mode": mode_str(f.mode),
+        "handler": f.handler, "mode": f.mode.as_str(),
         "code": format!("{} ({}, {})", if f.filename.is_empty() { "package" } else { &f.filename },
-            match f.code_kind { schemas::CodeKind::Single => "single file", schemas::CodeKind::Zip => "zip", schemas::CodeKind::TarGz => "tar.gz" },
+            match f.code_kind { schemas::CodeKind::Single => "single file", k => k.as_str() },
             fmt::bytes(f.code_size)),
         "resources": fmt::resources(&f.resources), "timeout": format!("{} ms", f.timeout_ms),
-        "args": f.args_schema.iter().map(|(n, t)| json!({"name": n, "ty": type_str(*t)})).collect::<Vec<_>>(),
+        "args": f.args_schema.iter().map(|(n, t)| json!({"name": n, "ty": t.as_str()})).collect::<Vec<_>>(),
         "version": f.version, "updated": fmt::time(f.updated_at_ms), "created": fmt::time(f.created_at_ms),
     });
     let mut chrome = v.chrome(f.name.clone(), "functions");
@@ -912,15 +873,5 @@ mod tests {
         let raw = web::urlencoded(b"raw_args=%7B%22a%22%3A1%7D");
         assert_eq!(read_args(&[], &raw).unwrap(), json!({"a": 1}));
         assert!(read_args(&[], &web::urlencoded(b"raw_args=%5B%5D")).is_err());
-    }
-
-    #[test]
-    fn names() {
-        assert!(valid_name("adder"));
-        assert!(valid_name("a-1"));
-        assert!(!valid_name("-a"));
-        assert!(!valid_name("Adder"));
-        assert!(!valid_name(""));
-        assert!(!valid_name(&"a".repeat(51)));
     }
 }

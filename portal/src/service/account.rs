@@ -1,6 +1,6 @@
 //! The account: its view (balance and available credit), top-ups, history, bills, paying a
 //! bill, the unbilled runs shown as a bill, and the prices. Invariants: money is integer micros;
-//! every balance change goes through `billing_job::account` (top-ups charge the payment
+//! every balance change goes through `accounts` (top-ups charge the payment
 //! provider first; payments are one conditional update each, so the balance never goes negative
 //! and concurrent payments of one bill give exactly one 200 and 409s); only the card's last four
 //! digits are ever stored; bills of other users are 404.
@@ -9,12 +9,9 @@ use bson::doc;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
-use billing_job::account::{self as acc, Card};
-use common::pricing::Prices;
+use accounts::{self as acc, Card, Prices};
 use schemas::names::collections;
-use schemas::{
-    BillDoc, BillItem, BillState, BillStatus, HistoryDoc, HistoryKind, PriceDoc, RunDoc, RunStatus,
-};
+use schemas::{BillDoc, BillItem, BillState, HistoryDoc, PriceDoc, RunDoc, RunStatus};
 
 use super::{coll, db_err, users};
 use crate::error::PortalError;
@@ -34,7 +31,8 @@ pub struct AccountView {
     pub email: String,
     pub name: String,
     pub balance_micros: i64,
-    /// The budget cap: balance − unpaid bills − finished unbilled runs.
+    /// The budget cap: balance − unpaid bills − finished unbilled runs − the worst case of
+    /// the runs in flight (`accounts::credit`).
     pub available_micros: i64,
 }
 
@@ -93,10 +91,7 @@ pub async fn history(st: &State, user_id: &str) -> Result<Vec<HistoryDoc>, Porta
 pub fn history_json(h: &HistoryDoc) -> Value {
     let mut v = json!({
         "at": super::rfc3339(h.at_ms),
-        "kind": match h.kind {
-            HistoryKind::Topup => "topup",
-            HistoryKind::BillPayment => "bill_payment",
-        },
+        "kind": h.kind.as_str(),
         "amount_micros": h.amount_micros,
     });
     if let Some(b) = &h.bill_id {
@@ -163,10 +158,7 @@ pub fn bill_json(b: &BillDoc) -> Value {
         "period_start": super::rfc3339(b.period_start_ms),
         "period_end": super::rfc3339(b.period_end_ms),
         "amount_micros": b.amount_micros,
-        "status": match b.status {
-            BillStatus::Unpaid => "unpaid",
-            BillStatus::Paid => "paid",
-        },
+        "status": b.status.as_str(),
         "items": items,
     });
     if let Some(t) = b.paid_at_ms {
@@ -188,7 +180,7 @@ pub struct PendingBill {
 /// The user's finished, unbilled runs, newest first.
 pub async fn unbilled(st: &State, user_id: &str) -> Result<PendingBill, PortalError> {
     let finals: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
-    let state = bson::to_bson(&BillState::Unbilled).map_err(|e| PortalError::Internal(e.into()))?;
+    let state = BillState::Unbilled.as_str();
     let runs: Vec<RunDoc> = coll::<RunDoc>(st, collections::RUNS)
         .find(doc! {"user_id": user_id, "bill_state": state, "status": {"$in": finals}})
         .sort(doc! {"created_at_ms": -1})

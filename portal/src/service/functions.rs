@@ -19,7 +19,11 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use schemas::limits::{
+    ARGS, CPU_MILLICORES, DEFAULT_TIMEOUT_MS, DESCRIPTION_CHARS, DISK_MB, MEMORY_MB, TIMEOUT_MS,
+};
 use schemas::names::collections;
+use schemas::rules::{valid_arg_name, valid_function_name, ARG_NAME_HELP, FUNCTION_NAME_HELP};
 use schemas::{
     now_ms, ArgType, CodeKind, FunctionDoc, FunctionVersionDoc, Mode, Resources, RunStatus, Runtime,
 };
@@ -29,16 +33,7 @@ use crate::error::PortalError;
 use crate::state::State;
 use crate::upload;
 
-/// Longest description.
-pub const MAX_DESCRIPTION_CHARS: usize = 1000;
-/// Most arguments in an args schema.
-pub const MAX_ARGS: usize = 64;
-pub const CPU_MILLICORES: (u64, u64) = (50, 4000);
-pub const MEMORY_MB: (u64, u64) = (64, 10_240);
-pub const DISK_MB: (u64, u64) = (16, 10_240);
-pub const TIMEOUT_MS: (u64, u64) = (100, 900_000);
 pub const DEFAULT_RESOURCES: Resources = Resources::DEFAULT;
-pub const DEFAULT_TIMEOUT_MS: u64 = 3000;
 
 /// `{name: type}` in the order given (a JSON object's order is kept).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -167,7 +162,7 @@ pub fn function_json(f: &FunctionDoc) -> Value {
     let args: serde_json::Map<String, Value> = f
         .args_schema
         .iter()
-        .map(|(k, t)| (k.clone(), json!(arg_type_str(*t))))
+        .map(|(k, t)| (k.clone(), json!(t.as_str())))
         .collect();
     json!({
         "name": f.name,
@@ -176,7 +171,7 @@ pub fn function_json(f: &FunctionDoc) -> Value {
         "filename": f.filename,
         "description": f.description,
         "args_schema": args,
-        "mode": mode_str(f.mode),
+        "mode": f.mode.as_str(),
         "resources": {
             "cpu_millicores": f.resources.cpu_millicores,
             "memory_mb": f.resources.memory_mb,
@@ -186,66 +181,21 @@ pub fn function_json(f: &FunctionDoc) -> Value {
         "version": f.version,
         "code_sha256": f.code_sha256,
         "code_size": f.code_size,
-        "code_kind": code_kind_str(f.code_kind),
+        "code_kind": f.code_kind.as_str(),
         "created_at": super::rfc3339(f.created_at_ms),
         "updated_at": super::rfc3339(f.updated_at_ms),
     })
 }
 
-pub fn mode_str(m: Mode) -> &'static str {
-    match m {
-        Mode::Sync => "sync",
-        Mode::Async => "async",
-    }
-}
-
-pub fn code_kind_str(k: CodeKind) -> &'static str {
-    match k {
-        CodeKind::Single => "single",
-        CodeKind::Zip => "zip",
-        CodeKind::TarGz => "tar.gz",
-    }
-}
-
-pub fn arg_type_str(t: ArgType) -> &'static str {
-    match t {
-        ArgType::Int => "int",
-        ArgType::Float => "float",
-        ArgType::String => "string",
-        ArgType::Bool => "bool",
-        ArgType::Object => "object",
-        ArgType::Array => "array",
-    }
-}
-
-/// The contract's function-name rule (`schemas::valid_function_name`).
-pub fn valid_name(name: &str) -> bool {
-    schemas::valid_function_name(name)
-}
-
 fn check_name(name: &str) -> Result<(), PortalError> {
-    if valid_name(name) {
+    if valid_function_name(name) {
         Ok(())
     } else {
         Err(PortalError::invalid(
             "name",
-            format!(
-                "{name:?} is not a valid name: 1-50 lowercase letters, digits and '-', starting with a letter or digit"
-            ),
+            format!("{name:?} is not a valid name: {FUNCTION_NAME_HELP}"),
         ))
     }
-}
-
-fn parse_arg_type(t: &str) -> Option<ArgType> {
-    Some(match t.trim() {
-        "int" => ArgType::Int,
-        "float" => ArgType::Float,
-        "string" => ArgType::String,
-        "bool" => ArgType::Bool,
-        "object" => ArgType::Object,
-        "array" => ArgType::Array,
-        _ => return None,
-    })
 }
 
 fn bounded(
@@ -283,36 +233,33 @@ pub fn check_spec(spec: &FunctionSpec) -> Result<CheckedSpec, PortalError> {
         PortalError::invalid(
             "runtime",
             format!(
-                "{:?} is not a runtime: use python3, node or exec",
-                spec.runtime
+                "{:?} is not a runtime: use one of {}",
+                spec.runtime,
+                Runtime::choices()
             ),
         )
     })?;
     let handler = spec.handler.trim().to_owned();
     upload::check_handler_form(runtime, &handler)?;
     let description = spec.description.trim().to_owned();
-    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+    if description.chars().count() > DESCRIPTION_CHARS {
         return Err(PortalError::invalid(
             "description",
-            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+            format!("must be at most {DESCRIPTION_CHARS} characters"),
         ));
     }
-    if spec.args_schema.0.len() > MAX_ARGS {
+    if spec.args_schema.0.len() > ARGS {
         return Err(PortalError::invalid(
             "args_schema",
-            format!("at most {MAX_ARGS} arguments"),
+            format!("at most {ARGS} arguments"),
         ));
     }
     let mut args_schema = Vec::new();
     for (name, t) in &spec.args_schema.0 {
-        let ident = !name.is_empty()
-            && name.len() <= 64
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ident {
+        if !valid_arg_name(name) {
             return Err(PortalError::invalid(
                 "args_schema",
-                format!("{name:?} is not a valid argument name (letters, digits and '_')"),
+                format!("{name:?} is not a valid argument name ({ARG_NAME_HELP})"),
             ));
         }
         if args_schema.iter().any(|(n, _)| n == name) {
@@ -321,25 +268,25 @@ pub fn check_spec(spec: &FunctionSpec) -> Result<CheckedSpec, PortalError> {
                 format!("argument {name:?} appears twice"),
             ));
         }
-        let t = parse_arg_type(t).ok_or_else(|| {
+        let t = ArgType::parse(t.trim()).ok_or_else(|| {
             PortalError::invalid(
                 "args_schema",
                 format!(
-                    "argument {name:?} has type {t:?}; use int, float, string, bool, object or array"
+                    "argument {name:?} has type {t:?}; use one of {}",
+                    ArgType::choices()
                 ),
             )
         })?;
         args_schema.push((name.clone(), t));
     }
     let mode = match spec.mode.as_deref().map(str::trim) {
-        None | Some("") | Some("sync") => Mode::Sync,
-        Some("async") => Mode::Async,
-        Some(m) => {
-            return Err(PortalError::invalid(
+        None | Some("") => Mode::default(),
+        Some(m) => Mode::parse(m).ok_or_else(|| {
+            PortalError::invalid(
                 "mode",
-                format!("{m:?} is not a mode: use sync or async"),
-            ))
-        }
+                format!("{m:?} is not a mode: use one of {}", Mode::choices()),
+            )
+        })?,
     };
     let r = &spec.resources;
     let resources = Resources::new(
@@ -565,7 +512,7 @@ pub async fn find(
     user_id: &str,
     name: &str,
 ) -> Result<Option<FunctionDoc>, PortalError> {
-    if !valid_name(name) {
+    if !valid_function_name(name) {
         return Ok(None);
     }
     functions(st)
@@ -597,7 +544,7 @@ async fn summaries(
         ) else {
             continue;
         };
-        let at = gateway::store::lenient_i64(d.get("created_at_ms"));
+        let at = schemas::lenient::int(d.get("created_at_ms"));
         out.entry(name.to_owned()).or_default().add(status, at);
     }
     Ok(out)
@@ -668,7 +615,7 @@ pub async fn versions_of(
 
 /// Deletes the user's function (404 when there is none). Its runs and bills stay.
 pub async fn delete(st: &State, user_id: &str, name: &str) -> Result<(), PortalError> {
-    if !valid_name(name) {
+    if !valid_function_name(name) {
         return Err(PortalError::NotFound("function"));
     }
     let Some(f) = functions(st)
@@ -690,16 +637,6 @@ pub async fn delete(st: &State, user_id: &str, name: &str) -> Result<(), PortalE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        for ok in ["a", "adder", "0-x", "a-b-c", &"a".repeat(50)] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "A", "a_b", "a.b", &"a".repeat(51), "é"] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn specs_are_checked_field_by_field() {

@@ -1,6 +1,6 @@
 //! Test invocations (`POST /api/v1/functions/{name}/test` and the function page's Test form)
 //! as a sync invoke through the gateway's own machinery, in-process: the same args check
-//! (`gateway::args`), budget check (the gateway's cached credit view; 402), pending run record
+//! (`gateway::args`), reservation of the worst case (`accounts::hold`: 402, 429), pending run record
 //! (`common::runstore::pending_doc`), RabbitMQ publish with confirms and reply queue
 //! (`gateway::broker::Broker`), and the same answer (`gateway::sync_response`). So the outcome,
 //! its headers and the run record are those of a real sync invoke. The portal instance has a
@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use accounts::Limits;
 use common::runstore::{pending_doc, RunWrite, RunWriter};
 use gateway::broker::{Broker, PublishError};
 use gateway::{GatewayError, Outcome};
-use schemas::{BillState, InvocationMsg, Mode, RunError, RunStatus, MESSAGE_VERSION};
+use schemas::{InvocationMsg, Mode, MESSAGE_VERSION};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -27,6 +28,7 @@ pub struct Invoker {
     pub store: gateway::store::Store,
     pub inflight: Arc<Semaphore>,
     pub sync_grace: Duration,
+    pub prices: accounts::PriceBook,
 }
 
 impl std::fmt::Debug for Invoker {
@@ -44,8 +46,8 @@ fn unavailable(e: &PublishError) -> PortalError {
 /// Runs the user's function `name` with `args` as a sync invoke and waits for it. A finished
 /// run — succeeded, failed or timed out — is `Ok` (map it with `gateway::sync_response`, or
 /// show it); errors are those a sync invoke answers before or instead of a result: 400 args,
-/// 402 budget, 404 function, 503 no RabbitMQ or no capacity, 504 no result in time (with the
-/// run id).
+/// 402 budget, 404 function, 429 per-user limit (the gateway's defaults), 503 no RabbitMQ or no
+/// capacity, 504 no result in time (with the run id).
 pub async fn invoke_test(
     st: &State,
     user_id: &str,
@@ -61,20 +63,18 @@ pub async fn invoke_test(
         .ok_or_else(|| PortalError::Invoke(GatewayError::NoSuchFunction(name.to_owned())))?;
     gateway::args::validate(&func.args_schema, &args)
         .map_err(|e| PortalError::Invoke(GatewayError::InvalidArgs(e)))?;
-    match inv_
-        .store
-        .available_credit(user_id)
+    let prices = inv_
+        .prices
+        .current(&st.db)
         .await
-        .map_err(|e| PortalError::Invoke(GatewayError::Unavailable(e)))?
-    {
-        None => return Err(PortalError::Unauthorized),
-        Some(available_micros) if available_micros <= 0 => {
-            return Err(PortalError::Invoke(GatewayError::InsufficientCredit {
-                available_micros,
-            }))
-        }
-        Some(_) => {}
-    }
+        .map_err(|e| PortalError::Invoke(GatewayError::Unavailable(format!("{e:#}"))))?;
+    let worst = prices.worst_case(func.timeout_ms, func.resources);
+    let reservation =
+        match accounts::reserve(&st.db, user_id, worst, true, &Limits::default()).await {
+            Ok(r) => r,
+            Err(accounts::ReserveError::UnknownUser) => return Err(PortalError::Unauthorized),
+            Err(e) => return Err(PortalError::Invoke(e.into())),
+        };
     let _permit = inv_
         .inflight
         .clone()
@@ -102,21 +102,17 @@ pub async fn invoke_test(
         reply_to: Some(inv_.broker.reply_queue().to_owned()),
         callback_url: None,
         created_at_ms: schemas::now_ms(),
+        hold: Some(reservation.hold()),
     };
     let waiter = inv_.broker.register(&inv.run_id);
     inv_.writer
         .write(RunWrite::Pending(Box::new(pending_doc(&inv))))
         .await;
+    // From the publish on, the run's final record releases the reservation.
+    reservation.hand_over();
     if let Err(e) = inv_.broker.publish_invocation(&inv).await {
         tracing::warn!(run_id = inv.run_id, error = %e, "a test invocation was not published");
-        let mut d = pending_doc(&inv);
-        d.status = RunStatus::Failed;
-        d.error = Some(RunError::new(
-            gateway::PLATFORM_UNAVAILABLE,
-            format!("the invocation was not accepted: {e}"),
-        ));
-        d.bill_state = BillState::Exempt;
-        d.finished_at_ms = Some(schemas::now_ms());
+        let d = gateway::unpublished_doc(&inv, &e.to_string());
         inv_.writer.write(RunWrite::Finished(Box::new(d))).await;
         return Err(unavailable(&e));
     }

@@ -281,7 +281,7 @@ pub async fn billing_violations(db: &mongodb::Database) -> anyhow::Result<(Vec<S
         .await?;
     for u in users {
         let id = u.get_str("_id").unwrap_or_default();
-        let counter = wire::int(u.get(common::credit::SPENT));
+        let counter = wire::int(u.get(accounts::credit::SPENT));
         let sum = spent.get(id).copied().unwrap_or(0);
         if counter != sum {
             v.push(format!(

@@ -10,8 +10,17 @@
 //!
 //! evaluated exactly in `u128` and **rounded up to the next whole micro, once per run** (so no
 //! run that used resources is free, and a bill is the exact sum of its runs' rounded costs).
+//!
+//! The **worst case** of an invocation is the same formula with its whole `timeout_ms`: what is
+//! reserved when it is accepted ([`crate::hold`]). A run is never billed more than was reserved
+//! for it ([`bill`]): a run that overran its timeout by a few milliseconds, or whose prices rose
+//! while it ran, costs its reservation.
 
-use schemas::{PriceDoc, PricedResource, Resources};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use schemas::{Hold, PriceDoc, PricedResource, Resources};
 
 /// The four prices, in micros per unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +67,11 @@ impl Prices {
         i64::try_from(micros).unwrap_or(i64::MAX)
     }
 
+    /// The most an invocation can cost: its whole timeout at its resources, plus the request.
+    pub fn worst_case(&self, timeout_ms: u64, r: Resources) -> i64 {
+        self.run_cost(timeout_ms, r)
+    }
+
     /// The price documents, as stored and as served by `GET /api/v1/pricing`.
     pub fn to_docs(&self) -> Vec<PriceDoc> {
         vec![
@@ -100,18 +114,89 @@ impl Prices {
 
     /// Reads the prices from MongoDB, seeding the defaults first when none are stored.
     pub async fn load_or_seed(db: &mongodb::Database) -> anyhow::Result<Prices> {
+        use anyhow::Context as _;
         use futures::TryStreamExt;
         let coll = db.collection::<PriceDoc>(schemas::names::collections::PRICING);
         for d in Prices::default().to_docs() {
-            // Insert only what is missing; existing prices are never overwritten.
-            if let Err(e) = coll.insert_one(&d).await {
-                if !crate::mongo::is_duplicate_key(&e) {
-                    return Err(anyhow::Error::new(e).context("seeding default prices"));
+            // Only what is missing is written; existing prices are never overwritten. Two
+            // services seeding at once may race to insert the same `_id`: the second try
+            // then finds it.
+            let seed = || {
+                coll.update_one(
+                    doc! {"_id": d.resource.as_str()},
+                    doc! {"$setOnInsert": {"unit": &d.unit, "price_micros_per_unit": d.price_micros_per_unit}},
+                )
+                .upsert(true)
+            };
+            if seed().await.is_err() {
+                seed().await.context("seeding default prices")?;
+            }
+        }
+        let docs: Vec<PriceDoc> = coll.find(doc! {}).await?.try_collect().await?;
+        Ok(Prices::from_docs(&docs))
+    }
+}
+
+/// What a finished run is billed: its cost, never more than what was reserved for it.
+pub fn bill(prices: &Prices, duration_ms: u64, r: Resources, hold: Option<&Hold>) -> i64 {
+    let cost = prices.run_cost(duration_ms, r);
+    match hold {
+        Some(h) => cost.min(h.reserved_micros.max(0)),
+        None => cost,
+    }
+}
+
+/// The prices a service prices invocations with: read from MongoDB at most every [`Self::TTL`]
+/// (one reader at a time), the last ones read kept while MongoDB does not answer.
+#[derive(Debug, Default)]
+pub struct PriceBook {
+    cached: Mutex<Option<(Prices, Instant)>>,
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl PriceBook {
+    /// How long prices read are used before they are read again.
+    pub const TTL: Duration = Duration::from_secs(30);
+    /// Time limit of one read.
+    const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+    pub fn new() -> PriceBook {
+        PriceBook::default()
+    }
+
+    fn fresh(&self) -> Option<(Prices, bool)> {
+        let c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        c.map(|(p, at)| (p, at.elapsed() < Self::TTL))
+    }
+
+    /// The current prices; an error only when none could ever be read.
+    pub async fn current(&self, db: &mongodb::Database) -> anyhow::Result<Prices> {
+        if let Some((p, true)) = self.fresh() {
+            return Ok(p);
+        }
+        let _one = self.loading.lock().await;
+        if let Some((p, true)) = self.fresh() {
+            return Ok(p);
+        }
+        match tokio::time::timeout(Self::READ_TIMEOUT, Prices::load_or_seed(db)).await {
+            Ok(Ok(p)) => {
+                *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((p, Instant::now()));
+                Ok(p)
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    _ => "no answer in time".to_owned(),
+                };
+                match self.fresh() {
+                    Some((p, _)) => {
+                        tracing::warn!(error = %why, "reading prices failed; using the last ones read");
+                        Ok(p)
+                    }
+                    None => Err(anyhow::anyhow!("reading prices failed: {why}")),
                 }
             }
         }
-        let docs: Vec<PriceDoc> = coll.find(bson::doc! {}).await?.try_collect().await?;
-        Ok(Prices::from_docs(&docs))
     }
 }
 
@@ -155,5 +240,29 @@ mod tests {
     fn docs_round_trip() {
         let p = Prices::default();
         assert_eq!(Prices::from_docs(&p.to_docs()), p);
+    }
+
+    #[test]
+    fn a_run_is_never_billed_more_than_its_reservation() {
+        let p = Prices::default();
+        let r = Resources::new(1000, 1024, 1024);
+        let worst = p.worst_case(1000, r);
+        let hold = Hold {
+            reserved_micros: worst,
+            sync: false,
+        };
+        // Within its timeout: the real cost.
+        assert_eq!(bill(&p, 400, r, Some(&hold)), p.run_cost(400, r));
+        assert!(bill(&p, 400, r, Some(&hold)) < worst);
+        // Past it (a kill that took a few ms), or at higher prices: the reservation.
+        assert!(p.run_cost(1_500, r) > worst);
+        assert_eq!(bill(&p, 1_500, r, Some(&hold)), worst);
+        let dearer = Prices {
+            cpu_per_vcpu_hour: p.cpu_per_vcpu_hour * 10,
+            ..p
+        };
+        assert_eq!(bill(&dearer, 1000, r, Some(&hold)), worst);
+        // Runs without a reservation (accepted before reservations existed) pay their cost.
+        assert_eq!(bill(&p, 1_500, r, None), p.run_cost(1_500, r));
     }
 }

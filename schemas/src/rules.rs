@@ -1,0 +1,81 @@
+//! The contract's rules for names that more than one component checks (the SDK before a
+//! deploy, the portal's API and its form pages): one definition each. The numeric bounds of a
+//! function spec are in [`crate::limits`].
+
+/// Longest function name.
+pub const FUNCTION_NAME_MAX: usize = 50;
+
+/// The function-name rule as the contract writes it.
+pub const FUNCTION_NAME_RULE: &str = "^[a-z0-9][a-z0-9-]{0,49}$";
+
+/// The same rule for an HTML `pattern` attribute, which is implicitly anchored and compiled
+/// with the `v` flag in current browsers: there a `-` inside a class must be escaped (an
+/// unescaped one makes the whole pattern invalid, and browsers then ignore it), and `\-` is also
+/// valid under the older `u` flag.
+pub const FUNCTION_NAME_HTML_PATTERN: &str = r"[a-z0-9][a-z0-9\-]{0,49}";
+
+/// The rule in words, for error messages.
+pub const FUNCTION_NAME_HELP: &str =
+    "1-50 lowercase letters, digits and '-', starting with a letter or digit";
+
+/// Whether `name` is a valid function name: `^[a-z0-9][a-z0-9-]{0,49}$`.
+pub fn valid_function_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let body = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+    match b.first() {
+        Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {
+            b.len() <= FUNCTION_NAME_MAX && b.iter().all(body)
+        }
+        _ => false,
+    }
+}
+
+/// Longest argument name in an `args_schema`.
+pub const ARG_NAME_MAX: usize = 64;
+
+/// The argument-name rule in words.
+pub const ARG_NAME_HELP: &str =
+    "letters, digits and '_', not starting with a digit, at most 64 characters";
+
+/// Whether `name` may name an argument: an identifier of ASCII letters, digits and `_`, not
+/// starting with a digit, at most [`ARG_NAME_MAX`] characters (so every runtime can bind it).
+pub fn valid_arg_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= ARG_NAME_MAX
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names() {
+        for ok in ["adder", "a", "0", "a-1", "9lives", &"a".repeat(50)] {
+            assert!(valid_function_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "Adder", "a_b", "a b", "é", &"a".repeat(51)] {
+            assert!(!valid_function_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_html_pattern_is_the_rule_with_the_dash_escaped() {
+        let rule = FUNCTION_NAME_RULE
+            .trim_start_matches('^')
+            .trim_end_matches('$');
+        assert_eq!(FUNCTION_NAME_HTML_PATTERN.replace(r"\-", "-"), rule);
+        assert!(rule.ends_with(&format!("{{0,{}}}", FUNCTION_NAME_MAX - 1)));
+    }
+
+    #[test]
+    fn arg_names() {
+        for ok in ["num1", "_x", "CamelCase", &"a".repeat(64)] {
+            assert!(valid_arg_name(ok), "{ok}");
+        }
+        for bad in ["", "1x", "a-b", "a b", "ä", &"a".repeat(65)] {
+            assert!(!valid_arg_name(bad), "{bad}");
+        }
+    }
+}
