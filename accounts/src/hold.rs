@@ -269,18 +269,40 @@ impl Settlement {
     }
 }
 
-/// Raw `update` statements (`{q, u}`) applying each user's settlement, for one round trip.
+/// The field of a user's document listing the settlement batches applied to it and not yet
+/// cleaned up (see [`settle_statements`]).
+pub const SETTLING: &str = "settling";
+
+/// Raw `update` statements (`{q, u}`) applying each user's settlement of batch `batch`, for
+/// one round trip. Each applies at most once per batch: it requires `batch` absent from the
+/// user's [`SETTLING`] list and adds it there in the same update, so a batch settled again
+/// (a writer that died after settling, recovered by another) changes nothing.
 pub fn settle_statements<'a>(
     by_user: impl IntoIterator<Item = (&'a String, &'a Settlement)>,
+    batch: &str,
 ) -> Vec<Document> {
     by_user
         .into_iter()
         .filter(|(_, s)| !s.is_empty())
         .map(|(user, s)| {
-            let (q, u) = s.statement(user);
+            let (mut q, mut u) = s.statement(user);
+            // `$nin` rather than `$ne`: the same on MongoDB, and the stand-in matches a missing
+            // list with it.
+            q.insert(SETTLING, doc! {"$nin": [batch]});
+            u.insert("$push", doc! {SETTLING: batch});
             doc! {"q": q, "u": u}
         })
         .collect()
+}
+
+/// The raw `update` statement that forgets batch `batch` on these users once its runs are
+/// marked settled (it is no longer needed to refuse a second application).
+pub fn forget_batch_statement(users: Vec<String>, batch: &str) -> Document {
+    doc! {
+        "q": {"_id": {"$in": users}},
+        "u": {"$pull": {SETTLING: batch}},
+        "multi": true,
+    }
 }
 
 #[cfg(test)]
@@ -418,11 +440,20 @@ mod tests {
         let mut s = Settlement::default();
         s.add(5, None);
         by_user.insert("b".to_owned(), s);
-        let st = settle_statements(&by_user);
+        let st = settle_statements(&by_user, "batch-1");
         assert_eq!(st.len(), 1);
+        let q = st[0].get_document("q").unwrap();
+        assert_eq!(q.get_str("_id").unwrap(), "b");
+        // Applied at most once per batch: the filter refuses a batch already listed, and the
+        // update lists it.
         assert_eq!(
-            st[0].get_document("q").unwrap().get_str("_id").unwrap(),
-            "b"
+            q.get_document(SETTLING).unwrap(),
+            &doc! {"$nin": ["batch-1"]}
+        );
+        let u = st[0].get_document("u").unwrap();
+        assert_eq!(
+            u.get_document("$push").unwrap(),
+            &doc! {SETTLING: "batch-1"}
         );
     }
 

@@ -181,6 +181,17 @@ pub async fn bill_once(db: &Database, opts: &BillOptions) -> anyhow::Result<Summ
     } else {
         None
     };
+    // Runs a dead writer left unsettled get their money settled first, so the counters the
+    // pass leaves agree with the runs it bills.
+    let recovered = common::runstore::recover(db)
+        .await
+        .context("settling runs left unsettled")?;
+    if recovered > 0 {
+        tracing::info!(
+            batches = recovered,
+            "settled runs left unsettled by a dead writer"
+        );
+    }
     let res = run_pass(db, opts, lease.as_ref()).await;
     if let Some(l) = lease {
         l.release().await;

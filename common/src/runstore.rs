@@ -14,10 +14,19 @@
 //! A finish that lands settles the run's money on its user's counters (`accounts::hold`): its
 //! cost is added to `spent_micros` and its reservation (the [`schemas::Hold`] it carries) is
 //! released, in one `$inc` per user per batch, after the runs are stored. A refused finish
-//! settles nothing, so a run is counted and released at most once; a writer that dies between
-//! the two round trips leaves those runs unsettled (their reservations, never smaller than
-//! their costs, stay counted: the cap is then strict by the difference; the bills, computed
-//! from the runs, are exact).
+//! settles nothing, so a run is counted and released at most once. Settling survives a writer
+//! that dies half-way (a crash-safe protocol, per batch `B` with money to settle):
+//! 1. the final writes themselves mark their runs `settle: B` (atomic with the run becoming
+//!    final);
+//! 2. each user's `$inc` requires `B` absent from the user's `settling` list and pushes it
+//!    there, in the same update: applying `B` twice changes nothing;
+//! 3. the runs' marks are removed; 4. `B` is pulled from the users' lists.
+//!
+//! [`recover`] finishes what a dead writer left: for every batch still marked on runs it
+//! recomputes each user's settlement from those runs (the same runs, the same amounts) and runs
+//! steps 2–4; it also drops list entries whose runs are unmarked already. Every writer runs it
+//! at start and every minute, and the billing job before it bills; running it concurrently
+//! with a live writer is harmless (every step is idempotent).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,6 +185,10 @@ async fn run(
 ) {
     let mut batch: Vec<RunWrite> = Vec::new();
     let mut waiters: Waiters = Vec::new();
+    let mut last_recovery = std::time::Instant::now();
+    if let Err(e) = recover(&db).await {
+        tracing::warn!(error = %format!("{e:#}"), "recovering unsettled runs failed; trying again later");
+    }
     while let Some(first) = rx.recv().await {
         take(first, &mut batch, &mut waiters);
         while batch.len() < MAX_BATCH {
@@ -194,9 +207,13 @@ async fn run(
             }
         }
         let mut backoff = Duration::from_millis(50);
-        let (spent, refused) = loop {
-            match store(&db, &batch).await {
-                Ok(stored) => break stored,
+        let (spent, refused, settle_id) = loop {
+            // A batch id per attempt for the settlement of its finishes (see the module doc):
+            // finishes that landed in a failed attempt keep that attempt's id, and are settled
+            // by `recover`.
+            let settle_id = uuid::Uuid::now_v7().to_string();
+            match store(&db, &batch, &settle_id).await {
+                Ok((spent, refused)) => break (spent, refused, settle_id),
                 Err(e) => {
                     if !failing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(error = %format!("{e:#}"), writes = batch.len(), "storing run records failed; retrying until stored");
@@ -209,16 +226,37 @@ async fn run(
         if failing.swap(false, Ordering::Relaxed) {
             tracing::info!(writes = batch.len(), "run records are stored again");
         }
-        // Retried on its own: retrying the runs' writes would find them final and settle nothing.
-        let mut backoff = Duration::from_millis(50);
-        while let Err(e) = settle(&db, &spent).await {
-            tracing::warn!(error = %format!("{e:#}"), users = spent.len(), "settling finished runs' credit failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+        let settle_batch = (!spent.is_empty()).then_some(settle_id);
         batch.clear();
+        // The records are stored: whoever waits on a write may go on while the money is
+        // settled; a flush waits for the settlement too.
+        let mut flushes = Vec::new();
         for (w, index) in waiters.drain(..) {
-            let _ = w.send(index.is_none_or(|i| !refused.contains(&i)));
+            match index {
+                Some(i) => {
+                    let _ = w.send(!refused.contains(&i));
+                }
+                None => flushes.push(w),
+            }
+        }
+        if let Some(b) = settle_batch {
+            // Retried on its own: retrying the runs' writes would find them final and settle
+            // nothing.
+            let mut backoff = Duration::from_millis(50);
+            while let Err(e) = settle(&db, &spent, &b).await {
+                tracing::warn!(error = %format!("{e:#}"), users = spent.len(), "settling finished runs' credit failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        for w in flushes {
+            let _ = w.send(true);
+        }
+        if last_recovery.elapsed() > RECOVER_EVERY {
+            last_recovery = std::time::Instant::now();
+            if let Err(e) = recover(&db).await {
+                tracing::warn!(error = %format!("{e:#}"), "recovering unsettled runs failed; trying again later");
+            }
         }
     }
 }
@@ -229,6 +267,7 @@ async fn run(
 async fn store(
     db: &Database,
     batch: &[RunWrite],
+    settle_id: &str,
 ) -> anyhow::Result<(HashMap<String, Settlement>, HashSet<usize>)> {
     // A finish in the same batch makes the start of the same run moot.
     let finished: HashMap<&str, ()> = batch
@@ -265,11 +304,12 @@ async fn store(
                 });
             }
             RunWrite::Finished(d) => {
-                if d.billed_micros > 0 || d.hold.is_some() {
+                let money = d.billed_micros > 0 || d.hold.is_some();
+                if money {
                     costs.push((updates.len(), d.as_ref()));
                 }
                 finishes.push((updates.len(), bi));
-                updates.push(finish_statement(d)?);
+                updates.push(finish_statement(d, money.then_some(settle_id))?);
             }
         }
     }
@@ -302,14 +342,123 @@ async fn store(
     Ok((spent, refused_finishes))
 }
 
-/// Applies each user's settlement of newly finished runs (one round trip).
-async fn settle(db: &Database, spent: &HashMap<String, Settlement>) -> anyhow::Result<()> {
-    let statements = accounts::hold::settle_statements(spent);
+/// How often a writer looks for runs a dead writer left unsettled.
+const RECOVER_EVERY: Duration = Duration::from_secs(60);
+
+/// A batch younger than this is left to the writer that is settling it.
+const RECOVER_AFTER: Duration = Duration::from_secs(30);
+
+/// How long ago a settlement batch id (a UUID v7) was made.
+fn batch_age(b: &str) -> Option<Duration> {
+    let (secs, nanos) = uuid::Uuid::parse_str(b).ok()?.get_timestamp()?.to_unix();
+    let made = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    std::time::SystemTime::now().duration_since(made).ok()
+}
+
+/// The field marking a final run whose money is not settled yet: the settlement batch's id.
+pub const SETTLE: &str = "settle";
+
+/// Steps 2–4 of the settlement protocol for batch `b` (see the module doc).
+async fn settle(db: &Database, spent: &HashMap<String, Settlement>, b: &str) -> anyhow::Result<()> {
+    let statements = accounts::hold::settle_statements(spent, b);
     crate::wire::update(db, collections::USERS, statements, "settling finished runs").await?;
+    crate::wire::update(
+        db,
+        collections::RUNS,
+        vec![doc! {"q": {SETTLE: b}, "u": {"$unset": {SETTLE: ""}}, "multi": true}],
+        "marking runs settled",
+    )
+    .await?;
+    let users: Vec<String> = spent.keys().cloned().collect();
+    crate::wire::update(
+        db,
+        collections::USERS,
+        vec![accounts::hold::forget_batch_statement(users, b)],
+        "forgetting a settled batch",
+    )
+    .await?;
     Ok(())
 }
 
-fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
+/// Settles what dead writers left (see the module doc): every batch still marked on runs, then
+/// the users' lists of batches whose runs are all unmarked. Returns the batches settled.
+pub async fn recover(db: &Database) -> anyhow::Result<usize> {
+    use futures::TryStreamExt as _;
+    let runs = db.collection::<RunDoc>(collections::RUNS);
+    let marked: Vec<bson::Document> = db
+        .collection::<bson::Document>(collections::RUNS)
+        .find(doc! {SETTLE: {"$exists": true}})
+        .projection(doc! {"_id": 1, SETTLE: 1})
+        .limit(10_000)
+        .await?
+        .try_collect()
+        .await?;
+    let mut batches: HashMap<String, Vec<String>> = HashMap::new();
+    for d in marked {
+        if let (Ok(id), Ok(b)) = (d.get_str("_id"), d.get_str(SETTLE)) {
+            // A young batch may be a live writer's, between its steps: leave it to that writer.
+            if batch_age(b).is_some_and(|age| age > RECOVER_AFTER) {
+                batches.entry(b.to_owned()).or_default().push(id.to_owned());
+            }
+        }
+    }
+    for (b, ids) in &batches {
+        let docs: Vec<RunDoc> = runs
+            .find(doc! {"_id": {"$in": ids}, SETTLE: b})
+            .await?
+            .try_collect()
+            .await?;
+        let mut spent: HashMap<String, Settlement> = HashMap::new();
+        for d in &docs {
+            spent
+                .entry(d.user_id.clone())
+                .or_default()
+                .add(d.billed_micros, d.hold.as_ref());
+        }
+        tracing::warn!(
+            batch = b,
+            runs = docs.len(),
+            "settling runs a writer left unsettled"
+        );
+        settle(db, &spent, b).await?;
+    }
+    // Batches applied to users whose runs were unmarked before the writer died.
+    let listed: Vec<bson::Document> = db
+        .collection::<bson::Document>(collections::USERS)
+        .find(doc! {format!("{}.0", accounts::hold::SETTLING): {"$exists": true}})
+        .projection(doc! {"_id": 1, accounts::hold::SETTLING: 1})
+        .await?
+        .try_collect()
+        .await?;
+    for u in listed {
+        let (Ok(user), Ok(list)) = (u.get_str("_id"), u.get_array(accounts::hold::SETTLING)) else {
+            continue;
+        };
+        for b in list.iter().filter_map(|b| b.as_str()) {
+            let still_marked = db
+                .collection::<bson::Document>(collections::RUNS)
+                .find_one(doc! {SETTLE: b})
+                .projection(doc! {"_id": 1})
+                .await?
+                .is_some();
+            if !still_marked {
+                crate::wire::update(
+                    db,
+                    collections::USERS,
+                    vec![accounts::hold::forget_batch_statement(
+                        vec![user.to_owned()],
+                        b,
+                    )],
+                    "forgetting a settled batch",
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(batches.len())
+}
+
+fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document> {
     let final_states: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
     let mut set = doc! {
         "status": d.status.as_str(),
@@ -332,6 +481,9 @@ fn finish_statement(d: &RunDoc) -> anyhow::Result<Document> {
     }
     if let Some(s) = d.started_at_ms {
         set.insert("started_at_ms", s);
+    }
+    if let Some(b) = settle {
+        set.insert(SETTLE, b);
     }
     let mut on_insert = doc! {
         "user_id": &d.user_id,

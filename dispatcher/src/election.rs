@@ -15,7 +15,7 @@
 //! The `zookeeper` crate is blocking, so the election runs on its own thread and reports
 //! through a `tokio::sync::watch` channel.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,31 @@ impl Watcher for NoopWatcher {
     fn handle(&self, _: WatchedEvent) {}
 }
 
+/// The election thread's last sign of life: every wait and every step updates it. A blocking
+/// ZooKeeper call that never returns (the client library has no timeouts) stops it, which the
+/// dispatcher notices ([`Progress::stalled_for`]) and answers by exiting, so that a supervisor
+/// restarts it rather than leaving it alive and out of the running.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    fn tick(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the thread last made progress.
+    pub fn stalled_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Runs the election on a thread until `stop` is set. Roles are published on `roles`. The
 /// candidate takes part only while `eligible` is true (the dispatcher can reach RabbitMQ): when
 /// it turns false the candidate leaves at once — its ZooKeeper session is closed, so its node
@@ -59,15 +84,20 @@ pub fn spawn(
     roles: watch::Sender<Role>,
     stop: Arc<AtomicBool>,
     eligible: watch::Receiver<bool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> std::io::Result<(std::thread::JoinHandle<()>, Progress)> {
+    let progress = Progress::default();
+    progress.tick();
+    let p = progress.clone();
+    let handle = std::thread::Builder::new()
         .name("election".into())
         .spawn(move || {
             let gate = Gate {
                 stop: &stop,
                 eligible: &eligible,
+                progress: &p,
             };
             while !gate.stopped() {
+                gate.progress.tick();
                 if !gate.eligible() {
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
@@ -81,13 +111,15 @@ pub fn spawn(
                 }
             }
             let _ = roles.send(Role::Follower);
-        })
+        })?;
+    Ok((handle, progress))
 }
 
 /// When the candidate must leave the election.
 struct Gate<'a> {
     stop: &'a AtomicBool,
     eligible: &'a watch::Receiver<bool>,
+    progress: &'a Progress,
 }
 
 impl Gate<'_> {
@@ -99,8 +131,9 @@ impl Gate<'_> {
         *self.eligible.borrow()
     }
 
-    /// Stop, or no longer eligible: leave the election.
+    /// Stop, or no longer eligible: leave the election. Called at every wait: a sign of life.
     fn leave(&self) -> bool {
+        self.progress.tick();
         self.stopped() || !self.eligible()
     }
 }

@@ -464,3 +464,107 @@ async fn an_account_from_before_the_counters_is_initialised_from_its_runs_and_bi
     .await;
     sb.cleanup().await;
 }
+
+/// A settlement batch id made `ago` in the past (batch ids are UUID v7: they carry their time).
+fn batch_id(ago: Duration) -> String {
+    let at = std::time::SystemTime::now() - ago;
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// A final run of `user_id` costing `cost`, marked as settled by batch `batch` but not settled:
+/// what a run writer that died between storing it and settling it leaves.
+async fn unsettled_run(
+    sb: &Sandbox,
+    user_id: &str,
+    cost: i64,
+    hold: schemas::Hold,
+    batch: &str,
+) -> String {
+    let mut d = tests::run_doc(user_id, RunStatus::Succeeded, cost);
+    d.hold = Some(hold);
+    let mut raw = bson::to_document(&d).unwrap();
+    raw.insert(common::runstore::SETTLE, batch);
+    sb.db
+        .collection::<bson::Document>(collections::RUNS)
+        .insert_one(raw)
+        .await
+        .unwrap();
+    d.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_a_dead_writer_left_unsettled_are_settled_once() {
+    let sb = Sandbox::new("budget-recover").await;
+    let user = sb.seed_user(1_000_000).await;
+    let limits = accounts::Limits::default();
+    let mut holds = Vec::new();
+    for _ in 0..3 {
+        let r = accounts::reserve(&sb.db, &user, 500, false, &limits)
+            .await
+            .unwrap();
+        holds.push(r.hold());
+        r.hand_over();
+    }
+    let before = user_counters(&sb, &user).await;
+    assert_eq!((before.reserved, before.queued), (1500, 3));
+
+    // Batch `old`: the writer died after marking its runs, before touching the user.
+    let old = batch_id(Duration::from_secs(120));
+    let a = unsettled_run(&sb, &user, 120, holds[0], &old).await;
+    // Batch `half`: the writer died after settling the user, before unmarking the run.
+    let half = batch_id(Duration::from_secs(120));
+    let b = unsettled_run(&sb, &user, 80, holds[1], &half).await;
+    let mut s = accounts::Settlement::default();
+    s.add(80, Some(&holds[1]));
+    let settled = std::collections::HashMap::from([(user.clone(), s)]);
+    let statements = accounts::hold::settle_statements(&settled, &half);
+    common::wire::update(&sb.db, collections::USERS, statements, "test")
+        .await
+        .unwrap();
+    // Batch `young`: a live writer may be between its steps; it is left alone.
+    let young = batch_id(Duration::ZERO);
+    let c = unsettled_run(&sb, &user, 10, holds[2], &young).await;
+
+    assert_eq!(common::runstore::recover(&sb.db).await.unwrap(), 2);
+    let after = user_counters(&sb, &user).await;
+    assert_eq!(
+        after.spent,
+        before.spent + 200,
+        "each old batch counted once"
+    );
+    assert_eq!(
+        (after.reserved, after.queued),
+        (500, 1),
+        "young batch untouched"
+    );
+    assert_eq!(after.available(), after.formula());
+    for (id, marked) in [(&a, false), (&b, false), (&c, true)] {
+        let raw = sb
+            .db
+            .collection::<bson::Document>(collections::RUNS)
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.contains_key(common::runstore::SETTLE), marked, "{id}");
+    }
+    let u = sb
+        .db
+        .collection::<bson::Document>(collections::USERS)
+        .find_one(doc! {"_id": &user})
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = u
+        .get_array(accounts::hold::SETTLING)
+        .map(|l| l.len())
+        .unwrap_or(0);
+    assert_eq!(listed, 0, "settled batches are forgotten: {u}");
+
+    // Again: nothing changes.
+    assert_eq!(common::runstore::recover(&sb.db).await.unwrap(), 0);
+    assert_eq!(user_counters(&sb, &user).await, after);
+    sb.cleanup().await;
+}

@@ -501,9 +501,41 @@ async fn finish(
     end
 }
 
+/// Waits (at most 90 s) until no run carries an unsettled mark: settling a batch a killed
+/// writer left is the platform's own job (`common::runstore::recover`, every writer each
+/// minute, for batches older than 30 s), so a check of the counters must come after it.
+async fn settled(ctx: &Ctx) -> Option<String> {
+    let runs = ctx
+        .db
+        .collection::<bson::Document>(schemas::names::collections::RUNS);
+    let marked = || async {
+        runs.count_documents(bson::doc! {common::runstore::SETTLE: {"$exists": true}})
+            .await
+            .unwrap_or(u64::MAX)
+    };
+    let t0 = std::time::Instant::now();
+    let first = marked().await;
+    while marked().await > 0 {
+        if t0.elapsed() > Duration::from_secs(90) {
+            return Some(format!(
+                "FAIL {} runs still unsettled after 90 s",
+                marked().await
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (first > 0).then(|| {
+        format!(
+            "note {first} runs a killed writer left unsettled were settled in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        )
+    })
+}
+
 /// Runs the billing job once and checks the bills.
 async fn bill(ctx: &Ctx) -> Vec<String> {
     let mut out = Vec::new();
+    out.extend(settled(ctx).await);
     let run = tokio::time::timeout(
         Duration::from_secs(180),
         tokio::process::Command::from(ctx.platform.billing_command()).output(),

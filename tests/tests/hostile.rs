@@ -158,16 +158,16 @@ async fn hostile_functions_are_contained_billed_and_the_worker_keeps_serving() {
     let fns: [(&str, &str, Resources, u64); 15] = [
         ("probe", ECHO_PY, SMALL, 5000),
         (
-            "import_loop",
+            "import-loop",
             IMPORT_LOOP,
             Resources::new(500, BIG_MB, 64),
             2000,
         ),
-        ("big_probe", ECHO_PY, Resources::new(500, BIG_MB, 64), 5000),
+        ("big-probe", ECHO_PY, Resources::new(500, BIG_MB, 64), 5000),
         ("timer", TIMER_TAMPER, SMALL, 10_000),
-        ("fork_bomb", FORK_BOMB, SMALL, 2000),
+        ("fork-bomb", FORK_BOMB, SMALL, 2000),
         (
-            "memory_hog",
+            "memory-hog",
             MEMORY_HOG,
             Resources::new(500, 64, 16),
             20_000,
@@ -180,15 +180,15 @@ async fn hostile_functions_are_contained_billed_and_the_worker_keeps_serving() {
         ),
         ("flood", FLOOD_AFTER_RETURN, SMALL, 5000),
         (
-            "big_result",
+            "big-result",
             BIG_RESULT,
             Resources::new(1000, 512, 64),
             30_000,
         ),
         ("deep", DEEP_JSON, SMALL, 5000),
         ("forge", FORGE, SMALL, 10_000),
-        ("hang_up", HANG_UP, SMALL, 10_000),
-        ("huge_error", HUGE_ERROR, SMALL, 10_000),
+        ("hang-up", HANG_UP, SMALL, 10_000),
+        ("huge-error", HUGE_ERROR, SMALL, 10_000),
         (
             "everywhere",
             WRITE_EVERYWHERE,
@@ -280,15 +280,15 @@ async fn time_and_memory(ctx: &Ctx) {
     // counts against the timeout, its output is kept, and once the container is killed its
     // memory comes back (a function of the same size runs next).
     let run = ctx
-        .attack("import_loop", json!({}), "504 timed_out timeout", 2000)
+        .attack("import-loop", json!({}), "504 timed_out timeout", 2000)
         .await;
     assert!(
         run["logs"].as_str().unwrap().contains("importing forever"),
         "{run}"
     );
-    let (status, _, _) = call(&ctx.client, ctx.gw, &ctx.key, "big_probe", &json!({})).await;
+    let (status, _, _) = call(&ctx.client, ctx.gw, &ctx.key, "big-probe", &json!({})).await;
     assert_eq!(status, 200, "the timed-out container's memory came back");
-    ctx.still_serving("import_loop").await;
+    ctx.still_serving("import-loop").await;
 
     // The function rewrites the agent's timer: billed by the worker's clock anyway.
     ctx.attack("timer", json!({}), "200 succeeded -", 1500)
@@ -297,20 +297,20 @@ async fn time_and_memory(ctx: &Ctx) {
 
     // Fork bomb: bounded by the pids limit, ended by the timeout; its output is kept.
     let run = ctx
-        .attack("fork_bomb", json!({}), "504 timed_out timeout", 2000)
+        .attack("fork-bomb", json!({}), "504 timed_out timeout", 2000)
         .await;
     assert!(run["logs"].as_str().unwrap().contains("forking"), "{run}");
-    ctx.still_serving("fork_bomb").await;
+    ctx.still_serving("fork-bomb").await;
 
     // Memory hog: OOM-killed, billed, and what it printed kept.
     let run = ctx
-        .attack("memory_hog", json!({}), "502 failed out_of_memory", 300)
+        .attack("memory-hog", json!({}), "502 failed out_of_memory", 300)
         .await;
     assert!(
         run["logs"].as_str().unwrap().contains("about to allocate"),
         "{run}"
     );
-    ctx.still_serving("memory_hog").await;
+    ctx.still_serving("memory-hog").await;
 }
 
 /// Attacks with output: 1 GB to stdout, a flood after returning, a 100 MB result, deep JSON.
@@ -336,7 +336,7 @@ async fn output(ctx: &Ctx) {
     ctx.still_serving("flood").await;
 
     let run = ctx
-        .attack("big_result", json!({}), "502 failed bad_result", 1)
+        .attack("big-result", json!({}), "502 failed bad_result", 1)
         .await;
     assert!(
         run["error"]["message"]
@@ -345,7 +345,7 @@ async fn output(ctx: &Ctx) {
             .contains("too large"),
         "{run}"
     );
-    ctx.still_serving("big_result").await;
+    ctx.still_serving("big-result").await;
 
     // JSON nested 10,000 deep (the agent refuses it) and 500 deep (the worker does).
     let deep = |n: u32| json!({"depth": n});
@@ -414,17 +414,17 @@ async fn protocol(ctx: &Ctx) {
 
     // The function closes its runtime's connection: its failure, billed.
     let run = ctx
-        .attack("hang_up", json!({}), "502 failed function_error", 1)
+        .attack("hang-up", json!({}), "502 failed function_error", 1)
         .await;
     assert!(
         run["error"]["message"].as_str().unwrap().contains("closed"),
         "{run}"
     );
-    ctx.still_serving("hang_up").await;
+    ctx.still_serving("hang-up").await;
 
     // A 10 MB exception message: cut to 4 KiB.
     let run = ctx
-        .attack("huge_error", json!({}), "502 failed function_error", 1)
+        .attack("huge-error", json!({}), "502 failed function_error", 1)
         .await;
     let message = run["error"]["message"].as_str().unwrap();
     assert!(
@@ -433,7 +433,7 @@ async fn protocol(ctx: &Ctx) {
         message.len()
     );
     assert!(run["logs"].as_str().unwrap().len() <= 64 * 1024 + 64);
-    ctx.still_serving("huge_error").await;
+    ctx.still_serving("huge-error").await;
 }
 
 /// Attacks on the sandbox: writes everywhere, a thread computing after return, an exec

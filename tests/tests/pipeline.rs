@@ -520,3 +520,101 @@ async fn a_gateway_restart_under_async_traffic_loses_no_accepted_run() {
     w.stop().await.unwrap();
     sb.cleanup().await;
 }
+
+/// Contract v1.1, read after answer: once a sync call is answered, or a callback is POSTed, the
+/// run reads back final with the same result, duration and cost — never `pending`/`running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reads_back_final_the_moment_it_is_answered() {
+    let mut sb = Sandbox::new("pl-read-after").await;
+    let gw_env = [
+        NO_RATE_LIMIT[0],
+        NO_RATE_LIMIT[1],
+        // The callback receiver below listens on loopback.
+        ("GATEWAY_CALLBACK_ALLOW", "127.0.0.1/32"),
+    ];
+    let (w, d, gw) = sb.start_pipeline(&[], &gw_env).await;
+    let (user, key) = sb.seed_tenant(1_000_000_000).await;
+    sb.seed_function(
+        &user,
+        "echo",
+        Runtime::Python3,
+        "main.py",
+        "main.handle",
+        ECHO_PY,
+    )
+    .await;
+    let client = http(4);
+
+    for i in 0..30 {
+        let args = json!({"i": i});
+        let (body, headers) = call_ok(&client, gw.addr, &key, "echo", &args).await;
+        let header = |h: &str| headers[h].to_str().unwrap().to_owned();
+        let run_id = header("x-run-id");
+        let (status, run) = get_run(&client, gw.addr, &key, &run_id).await;
+        assert_eq!(status, 200, "{run}");
+        assert_eq!(run["status"], "succeeded", "sync run {i} read back: {run}");
+        assert_eq!(run["result"], body);
+        assert_eq!(run["duration_ms"].to_string(), header("x-duration-ms"));
+        assert_eq!(run["billed_micros"].to_string(), header("x-billed-micros"));
+    }
+
+    // Callbacks: the receiver reads the run back as soon as the callback arrives.
+    let reads: Arc<Mutex<Vec<(String, Value, Value)>>> = Arc::default();
+    let hook = {
+        use warp::Filter;
+        let (reads, client, key, gw) = (reads.clone(), client.clone(), key.clone(), gw.addr);
+        let route = warp::path!("hook")
+            .and(warp::post())
+            .and(warp::body::json())
+            .then(move |posted: Value| {
+                let (reads, client, key) = (reads.clone(), client.clone(), key.clone());
+                async move {
+                    let id = posted["run_id"].as_str().unwrap_or_default().to_owned();
+                    let (_, run) = get_run(&client, gw, &key, &id).await;
+                    reads.lock().unwrap().push((id, posted, run));
+                    warp::reply()
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        format!("http://{addr}/hook")
+    };
+    let mut ids = HashSet::new();
+    for i in 0..10 {
+        let resp = client
+            .post(format!("http://{}/v1/invoke/echo", gw.addr))
+            .bearer_auth(&key)
+            .header("x-invocation-type", "async")
+            .header("x-callback-url", &hook)
+            .body(json!({"c": i}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        ids.insert(body["run_id"].as_str().unwrap().to_owned());
+    }
+    let reads = eventually(Duration::from_secs(60), "every callback arrives", || {
+        let reads = reads.clone();
+        let want = ids.len();
+        async move {
+            let r = reads.lock().unwrap().clone();
+            (r.len() >= want).then_some(r)
+        }
+    })
+    .await;
+    for (id, posted, run) in reads {
+        assert!(ids.contains(&id), "a callback for an unknown run {id}");
+        assert_eq!(
+            run["status"], "succeeded",
+            "run {id} read at its callback: {run}"
+        );
+        assert_eq!(run["result"], posted["result"]);
+    }
+
+    gw.stop().await.unwrap();
+    d.stop().await.unwrap();
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}

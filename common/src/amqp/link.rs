@@ -505,6 +505,11 @@ async fn watch_session(s: &Session, stop: &mut watch::Receiver<bool>) -> String 
     loop {
         tokio::select! {
             ev = events.next() => match ev {
+                // A channel's soft error (e.g. deleting a queue in use) closes that channel
+                // only: its user sees it; the connection goes on.
+                Some(lapin::Event::Error(e)) if e.is_amqp_soft_error() && s.conn.status().connected() => {
+                    tracing::debug!(error = %e, "a channel error on a live connection");
+                }
                 Some(lapin::Event::Error(e)) => return format!("connection error: {e}"),
                 Some(_) => {}
                 None => return "the connection's event stream ended".to_owned(),

@@ -160,7 +160,7 @@ pub async fn run(
     let (role_tx, roles) = watch::channel(Role::Follower);
     let (eligible_tx, eligible_rx) = watch::channel(false);
     let stop_election = Arc::new(AtomicBool::new(false));
-    let election = election::spawn(
+    let (election, progress) = election::spawn(
         ElectionConfig {
             zk_connect: cfg.zk_connect.clone(),
             namespace: names.prefix.clone(),
@@ -205,12 +205,22 @@ pub async fn run(
         metrics,
         leading,
     };
-    let result = d.event_loop(stop, roles, eligible_tx, unconfirmed_rx).await;
+    let result = d
+        .event_loop(stop, roles, eligible_tx, unconfirmed_rx, progress)
+        .await;
 
     let mut lead = None;
     d.step_down(&mut lead).await;
     stop_election.store(true, Ordering::SeqCst);
-    let _ = tokio::task::spawn_blocking(move || election.join()).await;
+    // Not waited for long: a thread stuck in the ZooKeeper client never ends.
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || election.join()),
+    )
+    .await;
+    if joined.is_err() {
+        tracing::warn!("the election thread did not stop; leaving it");
+    }
     writer.flush().await;
     link.close().await;
     drop(d);
@@ -258,7 +268,11 @@ impl Dispatcher {
         mut roles: watch::Receiver<Role>,
         eligible: watch::Sender<bool>,
         mut unconfirmed_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+        election: election::Progress,
     ) -> anyhow::Result<()> {
+        // The ZooKeeper client blocks without a timeout when its connection is in a bad state;
+        // an election thread silent this long will not come back by itself.
+        let stall_limit = (self.cfg.session_timeout * 5).max(Duration::from_secs(30));
         let mut lead: Option<Leadership> = None;
         let mut heartbeats: Option<Consumer> = None;
         let mut role = Role::Follower;
@@ -326,7 +340,17 @@ impl Dispatcher {
                     let _ = self.sched.release(&run_id);
                 }
                 Ev::Unconfirmed(None) => {}
-                Ev::Tick => self.on_tick(lead.is_some()).await,
+                Ev::Tick => {
+                    let stalled = election.stalled_for();
+                    if stalled > stall_limit {
+                        self.step_down(&mut lead).await;
+                        anyhow::bail!(
+                            "the zookeeper client is stuck (the election made no progress for {} s); exiting so that this dispatcher is restarted",
+                            stalled.as_secs()
+                        );
+                    }
+                    self.on_tick(lead.is_some()).await
+                }
             }
             if let Some(l) = &lead {
                 self.dispatch(l.epoch).await;
