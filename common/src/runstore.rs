@@ -153,6 +153,21 @@ impl RunWriter {
         QUEUE - self.tx.capacity()
     }
 
+    /// At shutdown: waits up to `within` for everything queued to be stored (and settled);
+    /// warns about what is left when the database does not take it in time, so a stopping
+    /// component never hangs on an unreachable database. What the writer drops here was not
+    /// acknowledged to anyone as stored (final records are stored before their tasks are
+    /// acked), so it is redone by whoever takes the task again.
+    pub async fn drain(&self, within: Duration) {
+        if tokio::time::timeout(within, self.flush()).await.is_err() {
+            tracing::warn!(
+                backlog = self.backlog(),
+                ?within,
+                "run records not stored at shutdown"
+            );
+        }
+    }
+
     /// Waits until everything queued before this call is stored.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -341,6 +356,9 @@ async fn store(
     }
     Ok((spent, refused_finishes))
 }
+
+/// How long a stopping component waits for its run writer ([`RunWriter::drain`]).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(20);
 
 /// How often a writer looks for runs a dead writer left unsettled.
 const RECOVER_EVERY: Duration = Duration::from_secs(60);

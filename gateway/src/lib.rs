@@ -778,10 +778,15 @@ pub async fn run(
         server.abort();
     }
     let _ = phase_tx.send(Phase::Stopped);
-    let _ = manager.await;
+    if tokio::time::timeout(drain + Duration::from_secs(5), manager)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker connection did not close in time");
+    }
     let _ = pruner.await;
     indexes.abort();
-    writer.flush().await;
+    writer.drain(common::runstore::SHUTDOWN_DRAIN).await;
     drop(writer);
     drop(state);
     if tokio::time::timeout(Duration::from_secs(5), writer_task)

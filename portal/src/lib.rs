@@ -267,7 +267,7 @@ pub async fn run(
     let _ = manager.await;
     let _ = pruner.await;
     indexes.abort();
-    writer.flush().await;
+    writer.drain(common::runstore::SHUTDOWN_DRAIN).await;
     drop(writer);
     drop(state);
     if tokio::time::timeout(Duration::from_secs(5), writer_task)

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -66,6 +68,49 @@ pub struct Sandbox {
     workers: Vec<String>,
     mongodb_uri: String,
     amqp_url: String,
+    _watchdog: Watchdog,
+}
+
+/// How long one test's sandbox may live before the whole test binary is ended (a hung test
+/// must fail the suite, not hold CI until its time limit). `TEST_SANDBOX_DEADLINE_S` overrides.
+const SANDBOX_DEADLINE: Duration = Duration::from_secs(20 * 60);
+
+/// Ends the test process when the sandbox outlives its deadline; dropping it (also while a
+/// failed test unwinds) disarms it.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn arm(name: &str) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let deadline = std::env::var("TEST_SANDBOX_DEADLINE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(SANDBOX_DEADLINE);
+        let (flag, name) = (done.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < deadline {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            if !flag.load(Ordering::SeqCst) {
+                eprintln!(
+                    "sandbox {name}: its test still runs after {deadline:?}; ending the test binary"
+                );
+                std::process::exit(124);
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Sandbox {
@@ -101,6 +146,7 @@ impl Sandbox {
             workers: Vec::new(),
             mongodb_uri: mongodb_uri.to_owned(),
             amqp_url: amqp_url.to_owned(),
+            _watchdog: Watchdog::arm(name),
         }
     }
 
@@ -360,6 +406,9 @@ impl Replies {
     }
 }
 
+/// How long a component may take to drain when stopped.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A component running in-process.
 pub struct Component {
     pub id: String,
@@ -369,16 +418,17 @@ pub struct Component {
 }
 
 impl Component {
-    /// Sends the shutdown signal and waits for the component to drain.
+    /// Sends the shutdown signal and waits for the component to drain; an error when it
+    /// does not stop within [`STOP_DEADLINE`] (a drain must be bounded).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        self.task
-            .take()
-            .expect("running")
-            .await
-            .context("component panicked")?
+        let task = self.task.take().expect("running");
+        match tokio::time::timeout(STOP_DEADLINE, task).await {
+            Ok(joined) => joined.context("component panicked")?,
+            Err(_) => anyhow::bail!("{} did not stop within {STOP_DEADLINE:?}", self.id),
+        }
     }
 
     /// Kills the component without draining (like SIGKILL for an in-process component).

@@ -399,7 +399,9 @@ async fn requeue_invocation(inner: &Inner, inv: &InvocationMsg) -> Result<(), am
             "",
             &inner.names.invocations_queue(),
             &body,
-            amqp::props("invocation", true),
+            // Marked: the leader that sent it may still count it as running (see the
+            // dispatcher's `on_invocation`).
+            amqp::mark_repeat(amqp::props("invocation", true)),
             inner.give_up.subscribe(),
         )
         .await

@@ -269,7 +269,7 @@ pub async fn run(
         tracing::warn!(worker_id, error = %format!("{e:#}"), "removing containers at shutdown failed");
     }
     let _ = heartbeat::publish_heartbeat(&inner, u64::MAX).await;
-    writer.flush().await;
+    writer.drain(common::runstore::SHUTDOWN_DRAIN).await;
     let _ = beats.await;
     let _ = reaper.await;
     let _ = watcher.await;

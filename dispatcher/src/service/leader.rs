@@ -113,6 +113,20 @@ impl Dispatcher {
                 )
                 .await;
         }
+        let repeat = amqp::is_repeat(d.redelivered, &d.properties);
+        if repeat && self.running.contains(&inv.run_id) {
+            // Returned to the queue by the worker this leader gave it to (it refused a task of
+            // an epoch older than one it had seen: this leader was stale for a moment) or taken
+            // back from a worker found dead: nobody runs it on this leader's behalf any more.
+            // Dispatched again; the worker's checks against the run record keep it from
+            // running twice.
+            tracing::info!(
+                run_id = inv.run_id,
+                "a running invocation came back; dispatching it again"
+            );
+            self.running.remove(&inv.run_id);
+            let _ = self.sched.release(&inv.run_id);
+        }
         if self.held.contains_key(&inv.run_id) || self.running.contains(&inv.run_id) {
             tracing::info!(
                 run_id = inv.run_id,
@@ -138,7 +152,7 @@ impl Dispatcher {
                     Held {
                         inv,
                         acker: d.acker,
-                        repeat: amqp::is_repeat(d.redelivered, &d.properties),
+                        repeat,
                     },
                 );
             }

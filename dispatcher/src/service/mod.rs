@@ -221,7 +221,7 @@ pub async fn run(
     if joined.is_err() {
         tracing::warn!("the election thread did not stop; leaving it");
     }
-    writer.flush().await;
+    writer.drain(common::runstore::SHUTDOWN_DRAIN).await;
     link.close().await;
     drop(d);
     drop(writer);
