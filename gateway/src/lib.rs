@@ -741,6 +741,17 @@ pub async fn run(
             tracing::info!("gateway draining");
             state.draining.store(true, Ordering::SeqCst);
             let _ = phase_tx.send(Phase::Draining);
+            // Still listening while the sync calls in flight finish: a new request is answered
+            // 503 `shutting_down` (and /healthz 503), so a client or load balancer goes
+            // elsewhere instead of meeting a refused connection.
+            let all = u32::try_from(state.cfg.max_inflight).unwrap_or(u32::MAX);
+            let calls_done = state.inflight.clone().acquire_many_owned(all);
+            if tokio::time::timeout(state.cfg.drain_timeout, calls_done)
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain timeout: sync calls still in flight");
+            }
             let _ = stop_tx.send(true);
         });
     }

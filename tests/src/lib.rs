@@ -763,6 +763,51 @@ impl Sandbox {
             .expect("spawning a binary")
     }
 
+    /// Starts a dispatcher process with `id` on a free loopback port and waits (up to 30 s)
+    /// until it leads when `lead`, or until it serves its metrics otherwise.
+    pub async fn spawn_dispatcher(
+        &self,
+        id: &str,
+        extra: &[(&str, &str)],
+        lead: bool,
+    ) -> std::process::Child {
+        let port = services::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let env = [
+            &[("DISPATCHER_ID", id), ("DISPATCHER_ADDR", addr.as_str())][..],
+            extra,
+        ]
+        .concat();
+        let child = self.spawn_binary("dispatcher", &env);
+        let sock: std::net::SocketAddr = addr.parse().expect("a loopback address");
+        let what = if lead {
+            "to lead"
+        } else {
+            "to serve its metrics"
+        };
+        eventually(
+            Duration::from_secs(30),
+            &format!("dispatcher {id} {what}"),
+            || async {
+                let text = reqwest::get(format!("http://{sock}/metrics"))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                let leading = text.lines().find_map(|l| {
+                    l.strip_prefix("colorfaas_dispatcher_is_leader ")?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })?;
+                (!lead || leading == 1.0).then_some(())
+            },
+        )
+        .await;
+        child
+    }
+
     /// The command that runs a workspace binary (built by `cargo build`) with this sandbox's
     /// environment plus `extra` and the test's `RUST_LOG`; the caller adds redirections.
     pub fn binary_command(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Command {

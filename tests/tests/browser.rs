@@ -541,7 +541,7 @@ async fn the_portal_in_a_real_browser() {
         w_.click("#save").await?;
         w_.expect_path("/functions/adder").await?;
         w_.wait_text("#spec", "4000").await?;
-        w_.wait_text("#spec", "2").await?;
+        w_.wait_exact("#version", "2").await?;
         Ok(())
     })
     .await;
@@ -585,6 +585,7 @@ async fn the_portal_in_a_real_browser() {
     })
     .await;
     let bill_path = bill_path.into_inner().unwrap();
+    let bill_micros = std::sync::Mutex::new(0i64);
 
     w_.step("13-pay", "payment", async {
         w_.click("#pay").await?;
@@ -594,6 +595,7 @@ async fn the_portal_in_a_real_browser() {
         w_.expect_path(&bill_path).await?;
         w_.wait_exact("#bill-status", "paid").await?;
         w_.wait_text("#paid-at", "UTC").await?;
+        *bill_micros.lock().unwrap() = micros(&w_.text("#bill-amount").await?)?;
         Ok(())
     })
     .await;
@@ -602,9 +604,12 @@ async fn the_portal_in_a_real_browser() {
         w_.goto("/account").await?;
         w_.wait_text("#history", "bill").await?;
         w_.wait_text("#bills", "paid").await?;
+        let paid = *bill_micros.lock().unwrap();
+        anyhow::ensure!(paid > 0, "the bill had an amount");
+        let balance = micros(&w_.text("#balance").await?)?;
         anyhow::ensure!(
-            !w_.text("#balance").await?.starts_with("11.000000"),
-            "the payment was not deducted"
+            balance == 11_000_000 - paid,
+            "the balance {balance} is not 11 units less the bill's {paid} micros"
         );
         Ok(())
     })
@@ -791,4 +796,19 @@ async fn the_portal_in_a_real_browser() {
     w.stop().await.unwrap();
     sb.cleanup().await;
     eprintln!("screenshots: {}", artifacts.display());
+}
+
+/// Micros of an amount as the pages show it (units with six decimals, maybe more text after).
+fn micros(shown: &str) -> anyhow::Result<i64> {
+    let n: String = shown
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
+    let (whole, frac) = n.split_once('.').unwrap_or((&n, ""));
+    anyhow::ensure!(frac.len() <= 6, "more than six decimals in {shown:?}");
+    let frac = format!("{frac:0<6}");
+    let sign = if whole.starts_with('-') { -1 } else { 1 };
+    let whole: i64 = whole.trim_start_matches('-').parse().unwrap_or(0);
+    Ok(sign * (whole * 1_000_000 + frac.parse::<i64>()?))
 }

@@ -88,24 +88,9 @@ async fn killing_the_leader_loses_nothing_and_runs_nothing_twice() {
     let mut sb = Sandbox::new("failover").await;
     let w = sb.start_worker(&[]).await;
     let fast = [("DISPATCHER_ZK_SESSION_TIMEOUT", "2s")];
-    let mut d1 = sb.spawn_binary(
-        "dispatcher",
-        &[
-            &fast[..],
-            &[("DISPATCHER_ID", "d1"), ("DISPATCHER_ADDR", "127.0.0.1:0")],
-        ]
-        .concat(),
-    );
-    // Let d1 win the election before d2 joins.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut d2 = sb.spawn_binary(
-        "dispatcher",
-        &[
-            &fast[..],
-            &[("DISPATCHER_ID", "d2"), ("DISPATCHER_ADDR", "127.0.0.1:0")],
-        ]
-        .concat(),
-    );
+    // d1 wins the election before d2 joins.
+    let mut d1 = sb.spawn_dispatcher("d1", &fast, true).await;
+    let mut d2 = sb.spawn_dispatcher("d2", &fast, false).await;
 
     let mut replies = sb.reply_queue().await;
     let inv = echo(&sb, &replies.name).await;
@@ -325,24 +310,19 @@ async fn a_paused_leader_cannot_dispatch_after_its_session_expired() {
     // d1's AMQP connection outlives its pause (long AMQP heartbeat), so it still holds its
     // invocations when it wakes up: only fencing can stop what it sends then.
     let amqp_long = format!("{}?heartbeat=120", tests::AMQP_URL);
-    let mut d1 = sb.spawn_binary(
-        "dispatcher",
-        &[
-            ("DISPATCHER_ID", "d1"),
-            ("DISPATCHER_ADDR", "127.0.0.1:0"),
-            ("DISPATCHER_ZK_SESSION_TIMEOUT", "2s"),
-            ("AMQP_URL", &amqp_long),
-        ],
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut d2 = sb.spawn_binary(
-        "dispatcher",
-        &[
-            ("DISPATCHER_ID", "d2"),
-            ("DISPATCHER_ADDR", "127.0.0.1:0"),
-            ("DISPATCHER_ZK_SESSION_TIMEOUT", "2s"),
-        ],
-    );
+    let mut d1 = sb
+        .spawn_dispatcher(
+            "d1",
+            &[
+                ("DISPATCHER_ZK_SESSION_TIMEOUT", "2s"),
+                ("AMQP_URL", &amqp_long),
+            ],
+            true,
+        )
+        .await;
+    let mut d2 = sb
+        .spawn_dispatcher("d2", &[("DISPATCHER_ZK_SESSION_TIMEOUT", "2s")], false)
+        .await;
     let mut replies = sb.reply_queue().await;
     let mut inv = sb
         .invocation(
@@ -358,7 +338,17 @@ async fn a_paused_leader_cannot_dispatch_after_its_session_expired() {
     for n in 0..total {
         sb.publish_invocation(&fresh(&inv, n)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // d1 has taken every invocation off the queue (2 dispatched, the rest held).
+    let queue = sb.names.invocations_queue();
+    tests::eventually(
+        Duration::from_secs(30),
+        "d1 holds the invocations",
+        || async {
+            let q = sb.queue_info(&queue).await?;
+            (q.message_count() == 0).then_some(())
+        },
+    )
+    .await;
     tests::signal(&d1, "STOP");
     let stopped = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -3,6 +3,7 @@
 //! is down), sync calls answered by a stand-in worker (200 / 502 / 503 / 504), callbacks,
 //! reconnection and graceful shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1291,7 +1292,10 @@ async fn reconnects_after_losing_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_sync_calls_in_flight_and_keeps_async_runs() {
     let (sb, gw, t) = sync_setup("gw-drain", 5000, &[]).await;
-    let respond: Arc<Respond> = Arc::new(|inv: &InvocationMsg| {
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = received.clone();
+    let respond: Arc<Respond> = Arc::new(move |inv: &InvocationMsg| {
+        seen.fetch_add(1, Ordering::SeqCst);
         Some((
             Duration::from_millis(1500),
             result_for(inv, RunStatus::Succeeded, Some(json!("done")), None),
@@ -1317,20 +1321,36 @@ async fn shutdown_finishes_sync_calls_in_flight_and_keeps_async_runs() {
             .unwrap();
         (resp.status(), resp.text().await.unwrap())
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the sync call reaches the worker",
+        || async { (received.load(Ordering::SeqCst) >= 2).then_some(()) },
+    )
+    .await;
     let stopping = tokio::spawn(gw.stop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // New requests are not served any more (refused, or 503 on a kept-alive connection).
-    match http()
+    // While the sync call finishes, a new request on a new connection is answered 503, and
+    // so is the health check.
+    eventually(
+        Duration::from_secs(10),
+        "the gateway says it is draining",
+        || async {
+            let r = http()
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 503).then_some(())
+        },
+    )
+    .await;
+    let resp = http()
         .post(format!("http://{addr}/v1/invoke/f"))
         .bearer_auth(&t.key)
         .body("{}")
         .send()
         .await
-    {
-        Ok(resp) => expect_error(resp, 503, "shutting_down").await,
-        Err(_) => Value::Null,
-    };
+        .expect("the draining gateway still answers");
+    expect_error(resp, 503, "shutting_down").await;
     let (status, body) = in_flight.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "\"done\""));
     stopping.await.unwrap().unwrap();

@@ -1484,3 +1484,103 @@ async fn full_flow_through_the_pipeline_and_billing() {
     worker.stop().await.unwrap();
     sb.cleanup().await;
 }
+
+/// The counts a brute-force read of every run gives.
+async fn counted_now(sb: &Sandbox, user_id: &str) -> Vec<(String, [u64; 5])> {
+    use futures::TryStreamExt as _;
+    let runs: Vec<RunDoc> = sb
+        .db
+        .collection::<RunDoc>(collections::RUNS)
+        .find(doc! {"user_id": user_id})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut m = std::collections::BTreeMap::<String, [u64; 5]>::new();
+    for r in runs {
+        let i = RunStatus::ALL.iter().position(|s| *s == r.status).unwrap();
+        m.entry(r.function).or_default()[i] += 1;
+    }
+    m.into_iter().collect()
+}
+
+fn as_rows(c: &portal::pages::data::UserCounts) -> Vec<(String, [u64; 5])> {
+    c.iter()
+        .map(|(f, n)| {
+            let mut a = [0u64; 5];
+            for (i, s) in RunStatus::ALL.iter().enumerate() {
+                a[i] = match s {
+                    RunStatus::Pending => n.pending,
+                    RunStatus::Running => n.running,
+                    RunStatus::Succeeded => n.succeeded,
+                    RunStatus::Failed => n.failed,
+                    RunStatus::TimedOut => n.timed_out,
+                };
+            }
+            (f.clone(), a)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_agree_with_the_runs_at_every_read() {
+    let sb = Sandbox::new("pa-counts").await;
+    let runs = sb.db.collection::<RunDoc>(collections::RUNS);
+    let now = schemas::now_ms();
+    let (user, other) = ("user-counts", "user-other");
+    // Old runs (before the snapshot's margin), open and final, and recent ones.
+    let mut open: Vec<String> = Vec::new();
+    for (i, at) in [now - 3_600_000, now - 120_000, now - 1_000, now]
+        .iter()
+        .enumerate()
+    {
+        for (f, status) in [
+            ("adder", RunStatus::Succeeded),
+            ("adder", RunStatus::Pending),
+            ("echo", RunStatus::Running),
+            ("echo", RunStatus::Failed),
+            ("echo", RunStatus::TimedOut),
+        ] {
+            let d = run_doc(user, f, status, at + i as i64, 10);
+            if !status.is_final() {
+                open.push(d.id.clone());
+            }
+            runs.insert_one(&d).await.unwrap();
+        }
+        runs.insert_one(&run_doc(other, "adder", RunStatus::Succeeded, *at, 10))
+            .await
+            .unwrap();
+    }
+    let cache = portal::pages::data::StatusCache::default();
+    let first = cache.get(&sb.db, user).await.unwrap();
+    assert_eq!(as_rows(&first), counted_now(&sb, user).await);
+    assert_eq!(first["adder"].pending, 4, "{first:?}");
+    // Rounds of changes between reads: open runs end (old and new ones), new runs arrive,
+    // also ones created a little in the past (stored late); each read agrees with a full count.
+    for round in 0..4 {
+        let end = open.split_off(open.len() / 2);
+        for (k, id) in end.iter().enumerate() {
+            let status = [RunStatus::Succeeded, RunStatus::Failed, RunStatus::TimedOut][k % 3];
+            runs.update_one(doc! {"_id": id}, doc! {"$set": {"status": status.as_str()}})
+                .await
+                .unwrap();
+        }
+        let now = schemas::now_ms();
+        for (f, status, at) in [
+            ("adder", RunStatus::Pending, now),
+            ("echo", RunStatus::Running, now - 30_000),
+            ("new-fn", RunStatus::Succeeded, now - 5_000),
+        ] {
+            let d = run_doc(user, f, status, at, 10);
+            if !status.is_final() {
+                open.push(d.id.clone());
+            }
+            runs.insert_one(&d).await.unwrap();
+        }
+        let got = cache.get(&sb.db, user).await.unwrap();
+        assert_eq!(as_rows(&got), counted_now(&sb, user).await, "round {round}");
+    }
+    assert!(cache.get(&sb.db, other).await.unwrap()["adder"].succeeded == 4);
+    sb.cleanup().await;
+}

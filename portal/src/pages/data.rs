@@ -5,13 +5,18 @@
 //! # Status counts
 //!
 //! Counting a user's runs per function and status is a scan of their runs (MongoDB has no
-//! counters for it, and `$group` is slow on the `nx-27017` stand-in). So the counts come from a
-//! per-user [`StatusCache`]: computed once by one streaming, projected read of the user's runs
-//! (`user_id` index, three small fields per run, nothing held but the counters), then served from
-//! memory and recomputed in the background when older than [`STATUS_TTL`] while someone looks
-//! at the page (one refresh per user at a time). A page never waits for a recount except the
-//! first one of a user after the portal starts; counts are at most a few seconds old, which is
-//! what the page's own refresh period is anyway.
+//! counters for it, and `$group` is slow on the `nx-27017` stand-in), yet a page's counts must
+//! agree with the runs it lists, read at the same moment (contract v1.1). So a per-user
+//! [`StatusCache`] keeps a snapshot: the counts of the runs that were final and created before
+//! a watermark (final runs never change status), and the ids of the runs created before it that
+//! were not final yet. A page view reads, fresh, only what may have changed since — the runs
+//! created at or after the watermark (`user_created` index) and the open ids (by `_id`) — adds
+//! them to the snapshot's counts, and moves the watermark forward to [`LATE_MARGIN`] ago with
+//! what it read. Each view's read is as small as the user's activity since the last one; the
+//! counts are exact at that moment. The margin covers records stored a little after their
+//! creation time (clock skew between gateways, writer batching); a full recount every
+//! [`FULL_RECOUNT`] covers records stored later still (a writer that held them through a
+//! database outage).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,8 +29,13 @@ use mongodb::Database;
 use schemas::names::collections;
 use schemas::{BillDoc, FunctionDoc, RunDoc, RunStatus};
 
-/// How old cached counts may be before a page view triggers a background recount.
-pub const STATUS_TTL: Duration = Duration::from_secs(2);
+/// How long before the newest reads a run may be stored and still be counted by the next
+/// view (see the module doc).
+pub const LATE_MARGIN: Duration = Duration::from_secs(60);
+/// How often a user's snapshot is recounted from all their runs.
+pub const FULL_RECOUNT: Duration = Duration::from_secs(600);
+/// More open runs than this in a snapshot: recounted from all runs instead (bounded `$in`).
+const MAX_OPEN: usize = 5_000;
 /// Rows in "recent runs" tables.
 pub const RECENT_RUNS: i64 = 20;
 /// Functions listed on one page.
@@ -61,16 +71,23 @@ impl Counts {
 /// Per-function counts of one user, keyed by function name.
 pub type UserCounts = BTreeMap<String, Counts>;
 
-struct Entry {
-    counts: Arc<UserCounts>,
-    at: Instant,
-    refreshing: bool,
+/// What a user's counts are built on (see the module doc).
+#[derive(Clone)]
+struct Snapshot {
+    /// Counts of the runs final and created before `watermark_ms`.
+    base: UserCounts,
+    /// Runs created before `watermark_ms` that were not final when last read.
+    open: Vec<String>,
+    watermark_ms: i64,
+    taken: Instant,
+    /// Changes with every advance, so two views at once advance it once.
+    generation: u64,
 }
 
-/// Per-user status counts, recomputed in the background (see the module doc).
+/// Per-user status counts that agree with what is read beside them (see the module doc).
 #[derive(Clone, Default)]
 pub struct StatusCache {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    inner: Arc<Mutex<HashMap<String, Snapshot>>>,
 }
 
 impl std::fmt::Debug for StatusCache {
@@ -79,106 +96,113 @@ impl std::fmt::Debug for StatusCache {
     }
 }
 
+/// One run as the counts read it: id, function, status, creation time.
+type Seen = (String, String, RunStatus, i64);
+
 impl StatusCache {
-    /// The user's counts: cached (refreshing them in the background when stale), or computed
-    /// now for a user seen for the first time.
+    /// The user's counts per function and status as of now.
     pub async fn get(&self, db: &Database, user_id: &str) -> anyhow::Result<Arc<UserCounts>> {
-        let stale = {
-            let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            match m.get_mut(user_id) {
-                Some(e) => {
-                    let stale = e.at.elapsed() >= STATUS_TTL && !e.refreshing;
-                    if stale {
-                        e.refreshing = true;
-                    }
-                    Some((e.counts.clone(), stale))
-                }
-                None => None,
-            }
+        let kept = {
+            let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            m.get(user_id)
+                .filter(|s| s.taken.elapsed() < FULL_RECOUNT && s.open.len() <= MAX_OPEN)
+                .cloned()
         };
-        match stale {
-            Some((counts, false)) => Ok(counts),
-            Some((counts, true)) => {
-                let (this, db, user) = (self.clone(), db.clone(), user_id.to_owned());
-                tokio::spawn(async move {
-                    let res = count_runs(&db, &user).await;
-                    this.store(&user, res);
-                });
-                Ok(counts)
-            }
-            None => {
-                let counts = count_runs(&db.clone(), user_id).await?;
-                let counts = Arc::new(counts);
-                self.inner.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    user_id.to_owned(),
-                    Entry {
-                        counts: counts.clone(),
-                        at: Instant::now(),
-                        refreshing: false,
-                    },
-                );
-                Ok(counts)
-            }
+        let snap = match kept {
+            Some(s) => s,
+            None => full_snapshot(db, user_id).await?,
+        };
+        let mut filter = doc! {"user_id": user_id, "created_at_ms": {"$gte": snap.watermark_ms}};
+        if !snap.open.is_empty() {
+            filter = doc! {"$or": [filter, {"_id": {"$in": &snap.open}}]};
         }
-    }
-
-    fn store(&self, user_id: &str, res: anyhow::Result<UserCounts>) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match res {
-            Ok(c) => {
-                m.insert(
-                    user_id.to_owned(),
-                    Entry {
-                        counts: Arc::new(c),
-                        at: Instant::now(),
-                        refreshing: false,
-                    },
-                );
-            }
-            Err(e) => {
-                tracing::warn!(user_id, error = %format!("{e:#}"), "status recount failed");
-                if let Some(en) = m.get_mut(user_id) {
-                    en.refreshing = false;
+        let fresh = read_runs(db, filter).await?;
+        let mut counts = snap.base.clone();
+        let watermark_ms =
+            (schemas::now_ms() - LATE_MARGIN.as_millis() as i64).max(snap.watermark_ms);
+        let mut next = Snapshot {
+            base: snap.base.clone(),
+            open: Vec::new(),
+            watermark_ms,
+            taken: snap.taken,
+            generation: snap.generation + 1,
+        };
+        for (id, f, status, at) in fresh {
+            count(&mut counts, &f, status, at);
+            if at < watermark_ms {
+                if status.is_final() {
+                    count(&mut next.base, &f, status, at);
+                } else {
+                    next.open.push(id);
                 }
             }
         }
-    }
-
-    /// Forgets a user's counts (after a change the user must see at once, e.g. a test run).
-    pub fn invalidate(&self, user_id: &str) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(user_id);
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let current = m.get(user_id).map(|s| s.generation);
+        if current.is_none() || current == Some(snap.generation) {
+            m.insert(user_id.to_owned(), next);
+        }
+        Ok(Arc::new(counts))
     }
 }
 
-/// Counts the user's runs per function and status: one streaming read of three fields per run.
-pub async fn count_runs(db: &Database, user_id: &str) -> anyhow::Result<UserCounts> {
+fn count(counts: &mut UserCounts, function: &str, status: RunStatus, at: i64) {
+    match counts.get_mut(function) {
+        Some(c) => c.add(status, at),
+        None => {
+            let mut c = Counts::default();
+            c.add(status, at);
+            counts.insert(function.to_owned(), c);
+        }
+    }
+}
+
+/// A snapshot from all the user's runs: one streaming read of four small fields per run.
+async fn full_snapshot(db: &Database, user_id: &str) -> anyhow::Result<Snapshot> {
+    let watermark_ms = schemas::now_ms() - LATE_MARGIN.as_millis() as i64;
+    let mut snap = Snapshot {
+        base: UserCounts::new(),
+        open: Vec::new(),
+        watermark_ms,
+        taken: Instant::now(),
+        generation: 0,
+    };
+    for (id, f, status, at) in read_runs(db, doc! {"user_id": user_id}).await? {
+        if at >= watermark_ms {
+            continue;
+        }
+        if status.is_final() {
+            count(&mut snap.base, &f, status, at);
+        } else {
+            snap.open.push(id);
+        }
+    }
+    Ok(snap)
+}
+
+async fn read_runs(db: &Database, filter: Document) -> anyhow::Result<Vec<Seen>> {
     let mut cur = db
         .collection::<Document>(collections::RUNS)
-        .find(doc! {"user_id": user_id})
-        .projection(doc! {"_id": 0, "function": 1, "status": 1, "created_at_ms": 1})
+        .find(filter)
+        .projection(doc! {"function": 1, "status": 1, "created_at_ms": 1})
         .batch_size(5_000)
         .await
         .context("counting runs")?;
-    let mut out = UserCounts::new();
+    let mut out = Vec::new();
     while let Some(d) = cur.try_next().await.context("counting runs")? {
-        let (Ok(f), Ok(s)) = (d.get_str("function"), d.get_str("status")) else {
+        let (Ok(id), Ok(f), Ok(s)) = (d.get_str("_id"), d.get_str("function"), d.get_str("status"))
+        else {
             continue;
         };
         let Some(s) = RunStatus::parse(s) else {
             continue;
         };
-        let at = common::wire::int(d.get("created_at_ms"));
-        match out.get_mut(f) {
-            Some(c) => c.add(s, at),
-            None => {
-                let mut c = Counts::default();
-                c.add(s, at);
-                out.insert(f.to_owned(), c);
-            }
-        }
+        out.push((
+            id.to_owned(),
+            f.to_owned(),
+            s,
+            common::wire::int(d.get("created_at_ms")),
+        ));
     }
     Ok(out)
 }

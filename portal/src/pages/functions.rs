@@ -507,10 +507,7 @@ async fn delete(c: &Ctx, v: Result<Viewer, PageError>, name: &str, f: Form) -> P
         return Err(PageError::Csrf);
     }
     match backend::delete_function(c, &v.user.id, name).await {
-        Ok(()) => {
-            c.status.invalidate(&v.user.id);
-            Ok(web::redirect("/functions?notice=deleted", &[]))
-        }
+        Ok(()) => Ok(web::redirect("/functions?notice=deleted", &[])),
         Err(FormFail::NotFound) => Err(PageError::NotFound),
         Err(FormFail::Other(e)) => Err(PageError::Internal(e)),
         Err(FormFail::Field(_, m)) | Err(FormFail::Page(m)) => Err(PageError::BadForm(m)),
@@ -812,7 +809,6 @@ async fn test(c: &Ctx, v: Result<Viewer, PageError>, name: &str, form: Form) -> 
         }
     };
     let res = backend::invoke_test(c, &v.user.id, &f.name, args).await;
-    c.status.invalidate(&v.user.id);
     match res {
         Ok(run_id) => Ok(web::redirect(
             &format!("/functions/{}?run={run_id}#test", f.name),
