@@ -1548,7 +1548,7 @@ async fn status_counts_agree_with_the_runs_at_every_read() {
             }
             runs.insert_one(&d).await.unwrap();
         }
-        runs.insert_one(&run_doc(other, "adder", RunStatus::Succeeded, *at, 10))
+        runs.insert_one(run_doc(other, "adder", RunStatus::Succeeded, *at, 10))
             .await
             .unwrap();
     }
