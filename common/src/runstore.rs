@@ -10,6 +10,9 @@
 //! - `Finished` upserts the final state unless the run is already final or carries a newer
 //!   fencing epoch; a refused duplicate is ignored. So a late `Pending` or `Started` never
 //!   overwrites a final run, and a finish delivered twice lands once.
+//! - A `Finished` write may also leave the run `pending` for an async retry (the attempt
+//!   appended, `next_attempt_at_ms` set; it settles no money). Every write carrying attempt `n`
+//!   requires attempt `n` not stored yet, so each attempt is recorded (and billed) once.
 //!
 //! A finish that lands settles the run's money on its user's counters (`accounts::hold`): its
 //! cost is added to `spent_micros` and its reservation (the [`schemas::Hold`] it carries) is
@@ -300,11 +303,13 @@ async fn store(
                         "worker_id": worker_id,
                         "epoch": *epoch as i64,
                         "started_at_ms": started_at_ms,
-                    }},
+                    }, "$unset": {"next_attempt_at_ms": ""}},
                 });
             }
             RunWrite::Finished(d) => {
-                let money = d.billed_micros > 0 || d.hold.is_some();
+                // A record left pending for a retry settles nothing: the run stays reserved
+                // and its attempts are settled, summed, by its final record.
+                let money = d.status.is_final() && (d.billed_micros > 0 || d.hold.is_some());
                 if money {
                     costs.push((updates.len(), d.as_ref()));
                 }
@@ -485,6 +490,26 @@ fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document
     if let Some(b) = settle {
         set.insert(SETTLE, b);
     }
+    let mut unset = Document::new();
+    if !d.attempts.is_empty() {
+        set.insert("attempts", bson::to_bson(&d.attempts)?);
+    }
+    match d.next_attempt_at_ms {
+        Some(t) => {
+            set.insert("next_attempt_at_ms", t);
+        }
+        None => {
+            unset.insert("next_attempt_at_ms", "");
+        }
+    }
+    if let Some(l) = &d.dead_letter {
+        set.insert("dead_letter", bson::to_bson(l)?);
+    }
+    if !d.status.is_final() {
+        // Waiting for a retry: not finished.
+        set.remove("finished_at_ms");
+        unset.insert("finished_at_ms", "");
+    }
     let mut on_insert = doc! {
         "user_id": &d.user_id,
         "function_id": &d.function_id,
@@ -497,18 +522,33 @@ fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document
     if let Some(h) = &d.hold {
         on_insert.insert("hold", bson::to_bson(h)?);
     }
-    Ok(doc! {
-        "q": {
-            "_id": &d.id,
-            "status": {"$nin": final_states},
-            "epoch": {"$lte": d.epoch as i64},
-        },
-        "u": {
-            "$set": set,
-            "$setOnInsert": on_insert,
-        },
-        "upsert": true,
-    })
+    let mut q = doc! {
+        "_id": &d.id,
+        "status": {"$nin": final_states},
+        "epoch": {"$lte": d.epoch as i64},
+    };
+    // Exactly once per attempt: the write of attempt n is refused once attempt n is stored.
+    if let Some(n) = attempt_written(d) {
+        q.insert(format!("attempts.{}", n - 1), doc! {"$exists": false});
+    }
+    let mut u = doc! {"$set": set, "$setOnInsert": on_insert};
+    if !unset.is_empty() {
+        u.insert("$unset", unset);
+    }
+    Ok(doc! {"q": q, "u": u, "upsert": true})
+}
+
+/// The attempt a write records: its last attempt, unless it ends an event that expired before
+/// its next attempt started (that write adds no attempt).
+fn attempt_written(d: &RunDoc) -> Option<u32> {
+    let expired = d
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == schemas::run_error_codes::EVENT_EXPIRED);
+    d.attempts
+        .last()
+        .filter(|_| !expired)
+        .map(|a| a.attempt.max(1))
 }
 
 /// A run's record if it is final (read from the primary: a stale read could run it twice).
@@ -517,6 +557,14 @@ pub async fn final_run(db: &Database, run_id: &str) -> anyhow::Result<Option<Run
     Ok(db
         .collection::<RunDoc>(collections::RUNS)
         .find_one(doc! {"_id": run_id, "status": {"$in": final_states}})
+        .await?)
+}
+
+/// A run's record, whatever its state (read from the primary).
+pub async fn stored_run(db: &Database, run_id: &str) -> anyhow::Result<Option<RunDoc>> {
+    Ok(db
+        .collection::<RunDoc>(collections::RUNS)
+        .find_one(doc! {"_id": run_id})
         .await?)
 }
 
@@ -575,6 +623,9 @@ pub fn pending_doc(inv: &schemas::InvocationMsg) -> RunDoc {
         started_at_ms: None,
         finished_at_ms: None,
         hold: inv.hold,
+        attempts: Vec::new(),
+        next_attempt_at_ms: None,
+        dead_letter: None,
     }
 }
 
@@ -608,5 +659,8 @@ pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i6
         started_at_ms: r.started_at_ms,
         finished_at_ms: Some(r.finished_at_ms),
         hold: r.hold,
+        attempts: Vec::new(),
+        next_attempt_at_ms: None,
+        dead_letter: None,
     }
 }

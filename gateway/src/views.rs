@@ -48,6 +48,34 @@ pub fn run_json(d: &RunDoc) -> Value {
     if let Some(t) = d.finished_at_ms {
         m.insert("finished_at".into(), json!(rfc3339_ms(t)));
     }
+    m.insert(
+        "attempts".into(),
+        Value::Array(d.attempts.iter().map(attempt_json).collect()),
+    );
+    if let Some(t) = d.next_attempt_at_ms {
+        m.insert("next_attempt_at".into(), json!(rfc3339_ms(t)));
+    }
+    Value::Object(m)
+}
+
+/// One of a run's `attempts`: `{attempt, status, error?, duration_ms, billed_micros,
+/// started_at, finished_at}`.
+pub fn attempt_json(a: &schemas::Attempt) -> Value {
+    let mut m = Map::new();
+    m.insert("attempt".into(), json!(a.attempt));
+    m.insert("status".into(), json!(a.status.as_str()));
+    if let Some(e) = &a.error {
+        m.insert(
+            "error".into(),
+            json!({"code": e.code, "message": e.message}),
+        );
+    }
+    m.insert("duration_ms".into(), json!(a.duration_ms));
+    m.insert("billed_micros".into(), json!(a.billed_micros));
+    if let Some(t) = a.started_at_ms {
+        m.insert("started_at".into(), json!(rfc3339_ms(t)));
+    }
+    m.insert("finished_at".into(), json!(rfc3339_ms(a.finished_at_ms)));
     Value::Object(m)
 }
 
@@ -80,6 +108,9 @@ mod tests {
             started_at_ms: None,
             finished_at_ms: None,
             hold: None,
+            attempts: Vec::new(),
+            next_attempt_at_ms: None,
+            dead_letter: None,
         }
     }
 

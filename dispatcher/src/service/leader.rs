@@ -113,6 +113,15 @@ impl Dispatcher {
                 )
                 .await;
         }
+        if (inv.retry.attempt > 1 || inv.retry.reruns > 0) && !self.held.contains_key(&inv.run_id)
+        {
+            // A retry (or platform re-run) comes only after its earlier attempt ended and was
+            // stored: an allocation still held for the run is that attempt's, whose result
+            // has not arrived yet.
+            if self.running.remove(&inv.run_id) {
+                let _ = self.sched.release(&inv.run_id);
+            }
+        }
         if self.held.contains_key(&inv.run_id) || self.running.contains(&inv.run_id) {
             tracing::info!(
                 run_id = inv.run_id,
