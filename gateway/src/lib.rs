@@ -184,24 +184,24 @@ pub fn parse_args(body: &[u8]) -> Result<Value, GatewayError> {
 /// What accepting an invocation reserves: the worst case of every attempt it may take (an
 /// async run has up to `1 + retries`; a sync call never retries).
 pub fn worst_case(prices: &accounts::Prices, func: &FunctionDoc, mode: Mode) -> i64 {
-let one = prices.worst_case(func.timeout_ms, func.resources);
-match mode {
-    Mode::Sync => one,
-    Mode::Async => one.saturating_mul(1 + i64::from(func.retries)),
-}
+    let one = prices.worst_case(func.timeout_ms, func.resources);
+    match mode {
+        Mode::Sync => one,
+        Mode::Async => one.saturating_mul(1 + i64::from(func.retries)),
+    }
 }
 
 /// The retry state of a new invocation: the function's `retries` and `max_event_age_s` for
 /// async runs; sync calls are attempted once and never expire.
 pub fn retry_state(func: &FunctionDoc, mode: Mode) -> schemas::RetryState {
-match mode {
-    Mode::Sync => schemas::RetryState::default(),
-    Mode::Async => schemas::RetryState {
-        retries: func.retries,
-        max_event_age_s: Some(func.max_event_age_s),
-        ..Default::default()
-    },
-}
+    match mode {
+        Mode::Sync => schemas::RetryState::default(),
+        Mode::Async => schemas::RetryState {
+            retries: func.retries,
+            max_event_age_s: Some(func.max_event_age_s),
+            ..Default::default()
+        },
+    }
 }
 
 /// The final record of a run whose invocation never reached RabbitMQ: failed by the platform,

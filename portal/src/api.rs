@@ -476,7 +476,10 @@ where
         }
         (["dead-letters", id, "redrive"], Method::POST) => {
             let new_id = service::retries::redrive(st, uid, id).await?;
-            Ok(json_status(&json!({"run_id": new_id}), StatusCode::ACCEPTED))
+            Ok(json_status(
+                &json!({"run_id": new_id}),
+                StatusCode::ACCEPTED,
+            ))
         }
         (
             ["dead-letters"]

@@ -233,8 +233,9 @@ async fn claim(inner: &Inner, inv: &InvocationMsg, d: &Delivery) -> bool {
         Seen::New => {
             if amqp::is_repeat(d.redelivered, &d.properties) {
                 let stored = stored_run(inner, &inv.run_id).await;
-                if let Some((next, delay_ms)) =
-                    stored.as_ref().and_then(|s| retry::next_after_stored(inv, s))
+                if let Some((next, delay_ms)) = stored
+                    .as_ref()
+                    .and_then(|s| retry::next_after_stored(inv, s))
                 {
                     inner.metrics.duplicates.inc();
                     tracing::info!("a repeated task whose attempt is already stored; publishing its retry again, not running it");
@@ -534,8 +535,7 @@ async fn publish_result(
             &inner.names.results_exchange(),
             key,
             &body,
-            amqp::props("result", persistent)
-                .with_correlation_id(inv.run_id.as_str().into()),
+            amqp::props("result", persistent).with_correlation_id(inv.run_id.as_str().into()),
             inner.give_up.subscribe(),
         )
         .await

@@ -55,10 +55,7 @@ pub(crate) enum Plan {
 
 /// The deduplication key of a delivery: one execution per (run, attempt, platform re-run).
 pub(crate) fn key(inv: &InvocationMsg) -> String {
-    format!(
-        "{}/{}/{}",
-        inv.run_id, inv.retry.attempt, inv.retry.reruns
-    )
+    format!("{}/{}/{}", inv.run_id, inv.retry.attempt, inv.retry.reruns)
 }
 
 /// The back-off before attempt `next_attempt` (2 → ~1 s, 3 → ~4 s; later ones wait as long as
@@ -108,7 +105,9 @@ pub(crate) fn expired_result(inv: &InvocationMsg, worker_id: &str, epoch: u64) -
 }
 
 fn is_expiry(r: &ResultMsg) -> bool {
-    r.error.as_ref().is_some_and(|e| e.code == codes::EVENT_EXPIRED)
+    r.error
+        .as_ref()
+        .is_some_and(|e| e.code == codes::EVENT_EXPIRED)
 }
 
 /// This attempt as recorded, its cost capped at what the reservation has left after `spent`.
@@ -194,7 +193,10 @@ pub(crate) fn plan(inv: &InvocationMsg, mut r: ResultMsg, now_ms: i64) -> Plan {
 /// For a repeated delivery of attempt `inv.retry.attempt` whose record already holds that
 /// attempt and is not final (its retry was stored; its worker may have died before publishing
 /// it): the next attempt's invocation, to publish again. `None` when the attempt is not stored.
-pub(crate) fn next_after_stored(inv: &InvocationMsg, stored: &RunDoc) -> Option<(InvocationMsg, u64)> {
+pub(crate) fn next_after_stored(
+    inv: &InvocationMsg,
+    stored: &RunDoc,
+) -> Option<(InvocationMsg, u64)> {
     let n = inv.retry.attempt as usize;
     if stored.status.is_final() || stored.attempts.len() < n {
         return None;
@@ -292,7 +294,10 @@ mod tests {
     fn a_failed_async_attempt_with_attempts_left_is_retried() {
         let r = result(RunStatus::Failed, Some(codes::FUNCTION_ERROR), 100);
         let Plan::Retry {
-            doc, next, delay_ms, ..
+            doc,
+            next,
+            delay_ms,
+            ..
         } = plan(&inv(Mode::Async, 1, 2), r, 10_000)
         else {
             panic!("not a retry")
@@ -345,7 +350,10 @@ mod tests {
         let Plan::Final { doc, .. } = plan(&inv(Mode::Sync, 1, 2), failed(), 0) else {
             panic!("a sync call is never retried")
         };
-        assert!(doc.dead_letter.is_none(), "sync failures are no dead letters");
+        assert!(
+            doc.dead_letter.is_none(),
+            "sync failures are no dead letters"
+        );
         let Plan::Final { doc, .. } = plan(
             &inv(Mode::Async, 2, 2),
             result(RunStatus::Succeeded, None, 10),

@@ -138,7 +138,10 @@ async fn declare_retry_queues(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(delay_ms as i64),
         );
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
         args.insert(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(names.invocations_queue().into()),

@@ -113,8 +113,7 @@ impl Dispatcher {
                 )
                 .await;
         }
-        if (inv.retry.attempt > 1 || inv.retry.reruns > 0) && !self.held.contains_key(&inv.run_id)
-        {
+        if (inv.retry.attempt > 1 || inv.retry.reruns > 0) && !self.held.contains_key(&inv.run_id) {
             // A retry (or platform re-run) comes only after its earlier attempt ended and was
             // stored: an allocation still held for the run is that attempt's, whose result
             // has not arrived yet.

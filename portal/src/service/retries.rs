@@ -190,13 +190,19 @@ async fn start(
         .await
         .map_err(|e| PortalError::Invoke(GatewayError::Unavailable(format!("{e:#}"))))?;
     let worst = gateway::worst_case(&prices, func, Mode::Async);
-    let reservation =
-        match accounts::reserve(&st.db, user_id, worst, false, &accounts::Limits::default()).await
-        {
-            Ok(r) => r,
-            Err(accounts::ReserveError::UnknownUser) => return Err(PortalError::Unauthorized),
-            Err(e) => return Err(PortalError::Invoke(e.into())),
-        };
+    let reservation = match accounts::reserve(
+        &st.db,
+        user_id,
+        worst,
+        false,
+        &accounts::Limits::default(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(accounts::ReserveError::UnknownUser) => return Err(PortalError::Unauthorized),
+        Err(e) => return Err(PortalError::Invoke(e.into())),
+    };
     if !inv_.broker.is_connected() {
         return Err(PortalError::Invoke(GatewayError::Unavailable(
             "RabbitMQ is not connected; try again shortly".into(),
