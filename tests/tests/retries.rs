@@ -414,8 +414,47 @@ async fn retries_zero_is_one_attempt_and_dead_letters_are_private() {
     };
     assert_eq!(anon.get("/dead-letters").await.0, 401);
 
-    let (s, _) = api.delete(&format!("/dead-letters/{run_id}")).await;
-    assert_eq!(s, 204);
+    // The page lists it with its error and args; its forms need the session's CSRF token.
+    let page_client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = format!("{}={}", portal::pages::web::SESSION_COOKIE, api.token);
+    let html = page_client
+        .get(portal_url(&portal, "/dead-letters"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&run_id), "{html}");
+    assert!(html.contains("function_error"), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_owned();
+    let post = |body: String| {
+        page_client
+            .post(portal_url(
+                &portal,
+                &format!("/dead-letters/{run_id}/delete"),
+            ))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("csrf=wrong".into()).await.unwrap().status(), 403);
+    assert_eq!(
+        api.get("/dead-letters").await.1.as_array().unwrap().len(),
+        1
+    );
+    let r = post(format!("csrf={csrf}")).await.unwrap();
+    assert_eq!(r.status(), 303, "deleted through the page's form");
     assert_eq!(api.get("/dead-letters").await.1, json!([]));
     let (s, _) = api.delete(&format!("/dead-letters/{run_id}")).await;
     assert_eq!(s, 404, "deleted already");
