@@ -122,8 +122,35 @@ mod tests {
             json!({
                 "run_id": "r1", "function": "adder", "version": 2, "status": "pending",
                 "args": {"a": 1, "$b": {"c.d": 2}}, "logs": "", "cold_start": false,
-                "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z"
+                "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z",
+                "attempts": []
             })
+        );
+    }
+
+    #[test]
+    fn a_waiting_retry_shows_its_attempts_and_when_the_next_is_due() {
+        let mut d = doc();
+        d.attempts = vec![schemas::Attempt {
+            attempt: 1,
+            status: RunStatus::TimedOut,
+            error: Some(RunError::new("timeout", "too slow")),
+            duration_ms: 100,
+            billed_micros: 7,
+            started_at_ms: Some(1_714_564_800_200),
+            finished_at_ms: 1_714_564_800_300,
+        }];
+        d.next_attempt_at_ms = Some(1_714_564_801_300);
+        let v = run_json(&d);
+        assert_eq!(v["next_attempt_at"], "2024-05-01T12:00:01.300Z");
+        assert_eq!(
+            v["attempts"],
+            json!([{
+                "attempt": 1, "status": "timed_out",
+                "error": {"code": "timeout", "message": "too slow"},
+                "duration_ms": 100, "billed_micros": 7,
+                "started_at": "2024-05-01T12:00:00.200Z", "finished_at": "2024-05-01T12:00:00.300Z"
+            }])
         );
     }
 
