@@ -541,3 +541,65 @@ async fn an_event_older_than_max_event_age_is_dead_lettered_unrun() {
     w.stop().await.unwrap();
     sb.cleanup().await;
 }
+
+/// Figure (not a check): the latency of accepting an async invocation (202) for a function
+/// with `retries: 0` and one with `retries: 2`, interleaved, through the gateway over HTTP.
+/// Run: `cargo test -p tests --test retries -- --ignored --nocapture acceptance_latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it explicitly"]
+async fn acceptance_latency_with_and_without_retries() {
+    let mut sb = Sandbox::new("retries-fig").await;
+    // No dispatcher: acceptance is the gateway's work (reserve, record, publish confirmed).
+    let gw = sb.start_gateway(&NO_RATE_LIMIT).await;
+    let (user, key) = sb.seed_tenant(1_000_000_000_000).await;
+    for (name, retries) in [("r0", 0), ("r2", 2)] {
+        let mut f = sb
+            .function_doc(
+                &user,
+                name,
+                schemas::Runtime::Python3,
+                "main.py",
+                "main.handle",
+                ECHO_PY,
+            )
+            .await;
+        f.retries = retries;
+        f.mode = schemas::Mode::Async;
+        sb.insert_function(&f).await;
+    }
+    let client = reqwest::Client::new();
+    let n = 1000;
+    let mut hist: HashMap<&str, hdrhistogram::Histogram<u64>> = HashMap::new();
+    for i in 0..(2 * n + 100) {
+        let name = if i % 2 == 0 { "r0" } else { "r2" };
+        let t0 = std::time::Instant::now();
+        let resp = client
+            .post(format!("http://{}/v1/invoke/{name}", gw.addr))
+            .bearer_auth(&key)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let us = t0.elapsed().as_micros() as u64;
+        assert_eq!(resp.status(), 202);
+        if i >= 100 {
+            hist.entry(name)
+                .or_insert_with(|| hdrhistogram::Histogram::new(3).unwrap())
+                .record(us)
+                .unwrap();
+        }
+    }
+    for name in ["r0", "r2"] {
+        let h = &hist[name];
+        println!(
+            "FIGURE async acceptance, retries {}: n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms",
+            &name[1..],
+            h.len(),
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.9) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+    gw.stop().await.unwrap();
+    sb.cleanup().await;
+}
