@@ -603,3 +603,129 @@ async fn acceptance_latency_with_and_without_retries() {
     gw.stop().await.unwrap();
     sb.cleanup().await;
 }
+
+/// The next retry the broker has made due (it waits in the invocations queue: no dispatcher).
+async fn take_retry(sb: &Sandbox) -> schemas::InvocationMsg {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let invq = sb.names.invocations_queue();
+    let got = eventually(Duration::from_secs(20), "a retry is due", || async {
+        sb.ch
+            .basic_get(invq.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+    })
+    .await;
+    got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    serde_json::from_slice(&got.delivery.data).unwrap()
+}
+
+/// Crash safety: a redelivered task of an attempt whose record is already stored is not run
+/// again — its retry is published again instead — and a repeated delivery of the final attempt
+/// changes nothing: no attempt runs twice, none is skipped, each is billed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_attempts_never_run_twice_or_skip_one() {
+    let mut sb = Sandbox::new("retries-redeliver").await;
+    // No dispatcher: retries land in the invocations queue, where the test takes them.
+    let w1 = sb.start_worker(&[]).await;
+    let mut inv = sb
+        .invocation(
+            schemas::Runtime::Python3,
+            "main.py",
+            "main.handle",
+            FAILS_PY,
+        )
+        .await;
+    inv.mode = schemas::Mode::Async;
+    inv.retry.retries = 1;
+    inv.retry.max_event_age_s = Some(3600);
+    let invq = sb.names.invocations_queue();
+    // Attempt 1 fails on the first worker: stored pending, its retry waits in the broker.
+    sb.send_task(&w1.id, &inv, 1).await;
+    let second = take_retry(&sb).await;
+    assert_eq!(second.retry.attempt, 2);
+    assert_eq!(second.retry.attempts.len(), 1);
+    let doc = stored(&sb, &inv.run_id).await;
+    assert_eq!(doc.status, schemas::RunStatus::Pending);
+    assert_eq!(doc.attempts.len(), 1);
+    // That worker is gone; another takes over (a crash between storing and acking leaves the
+    // task to be redelivered to someone else).
+    w1.stop().await.unwrap();
+    let w = sb.start_worker(&[]).await;
+    let wq = sb.names.worker_queue(&w.id);
+    let send_repeat = |inv: schemas::InvocationMsg| {
+        let task = schemas::TaskMsg {
+            v: schemas::MESSAGE_VERSION,
+            epoch: 1,
+            worker_id: w.id.clone(),
+            dispatched_at_ms: schemas::now_ms(),
+            invocation: inv,
+        };
+        let (ch, wq) = (&sb.ch, wq.clone());
+        async move {
+            let props = common::amqp::mark_repeat(common::amqp::props("task", true));
+            common::amqp::publish_confirmed(
+                ch,
+                "",
+                &wq,
+                &serde_json::to_vec(&task).unwrap(),
+                props,
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let duplicates =
+        || async { tests::metric(&w.addr, "colorfaas_worker_duplicate_tasks_total").await };
+
+    // Attempt 1 delivered again: not run; the retry is published again.
+    let before = duplicates().await;
+    send_repeat(inv.clone()).await;
+    let again = take_retry(&sb).await;
+    assert_eq!(again.retry.attempt, 2);
+    assert_eq!(again.retry.attempts, second.retry.attempts);
+    assert!(duplicates().await > before);
+    assert_eq!(
+        stored(&sb, &inv.run_id).await.attempts,
+        doc.attempts,
+        "attempt 1 ran twice"
+    );
+
+    // Attempt 2 (the last) fails: final, a dead letter, two attempts billed once each.
+    sb.send_task(&w.id, &second, 1).await;
+    let last = eventually(Duration::from_secs(30), "the run is final", || async {
+        let d = stored(&sb, &inv.run_id).await;
+        d.status.is_final().then_some(d)
+    })
+    .await;
+    assert_eq!(
+        last.attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(last.dead_letter.is_some());
+    let sum: i64 = last.attempts.iter().map(|a| a.billed_micros).sum();
+    assert_eq!(last.billed_micros, sum);
+
+    // The duplicate attempt 2, as a broker redelivery and as a plain repeat: nothing changes.
+    let before = duplicates().await;
+    send_repeat(again.clone()).await;
+    sb.send_task(&w.id, &again, 1).await;
+    eventually(
+        Duration::from_secs(20),
+        "both duplicates are handled",
+        || async {
+            (duplicates().await >= before + 2.0 && sb.queue_len(&wq).await == 0).then_some(())
+        },
+    )
+    .await;
+    let after = stored(&sb, &inv.run_id).await;
+    assert_eq!(after.attempts, last.attempts, "attempt 2 ran twice");
+    assert_eq!(after.billed_micros, last.billed_micros);
+    assert_eq!(
+        sb.queue_len(&invq).await,
+        0,
+        "no retry after the last attempt"
+    );
+
+    w.stop().await.unwrap();
+    sb.cleanup().await;
+}
