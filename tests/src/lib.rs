@@ -321,6 +321,11 @@ impl Sandbox {
             self.names.dead_letter_queue(),
         ];
         queues.extend(self.workers.iter().map(|w| self.names.worker_queue(w)));
+        queues.extend(
+            schemas::rules::RETRY_DELAYS_MS
+                .iter()
+                .map(|d| self.names.retry_queue(*d)),
+        );
         for q in queues {
             let _ = self
                 .ch
