@@ -664,3 +664,97 @@ pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i6
         dead_letter: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{Attempt, Resources, RunError};
+
+    fn doc(status: RunStatus, attempts: u32) -> RunDoc {
+        let mut d = pending_doc(&schemas::InvocationMsg {
+            v: 1,
+            run_id: "r".into(),
+            user_id: "u".into(),
+            function_id: "f".into(),
+            function: "fn".into(),
+            version: 1,
+            runtime: schemas::Runtime::Python3,
+            handler: "main.handle".into(),
+            code_sha256: "00".into(),
+            code_kind: schemas::CodeKind::Single,
+            filename: "main.py".into(),
+            resources: Resources::new(500, 128, 64),
+            timeout_ms: 1000,
+            mode: schemas::Mode::Async,
+            args: serde_json::json!({}),
+            reply_to: None,
+            callback_url: None,
+            created_at_ms: 1,
+            hold: None,
+            retry: Default::default(),
+        });
+        d.status = status;
+        d.finished_at_ms = Some(5);
+        d.attempts = (1..=attempts)
+            .map(|a| Attempt {
+                attempt: a,
+                status: RunStatus::Failed,
+                error: None,
+                duration_ms: 1,
+                billed_micros: 1,
+                started_at_ms: Some(2),
+                finished_at_ms: 3,
+            })
+            .collect();
+        d
+    }
+
+    #[test]
+    fn an_attempts_write_is_refused_once_that_attempt_is_stored() {
+        let s = finish_statement(&doc(RunStatus::Failed, 3), Some("b")).unwrap();
+        let q = s.get_document("q").unwrap();
+        assert_eq!(
+            q.get_document("attempts.2").unwrap(),
+            &doc! {"$exists": false}
+        );
+        let set = s.get_document("u").unwrap().get_document("$set").unwrap();
+        assert_eq!(set.get_array("attempts").unwrap().len(), 3);
+        assert_eq!(set.get_str(SETTLE).unwrap(), "b");
+    }
+
+    #[test]
+    fn a_record_waiting_for_a_retry_is_not_finished() {
+        let mut d = doc(RunStatus::Pending, 1);
+        d.next_attempt_at_ms = Some(9);
+        let s = finish_statement(&d, None).unwrap();
+        let u = s.get_document("u").unwrap();
+        assert!(u
+            .get_document("$set")
+            .unwrap()
+            .get("finished_at_ms")
+            .is_none());
+        assert!(u
+            .get_document("$unset")
+            .unwrap()
+            .contains_key("finished_at_ms"));
+        assert_eq!(
+            u.get_document("$set")
+                .unwrap()
+                .get_i64("next_attempt_at_ms")
+                .unwrap(),
+            9
+        );
+    }
+
+    #[test]
+    fn an_expiry_adds_no_attempt_and_is_not_conditioned_on_one() {
+        let mut d = doc(RunStatus::Failed, 1);
+        d.error = Some(RunError::new(
+            schemas::run_error_codes::EVENT_EXPIRED,
+            "old",
+        ));
+        let s = finish_statement(&d, None).unwrap();
+        let q = s.get_document("q").unwrap();
+        assert!(!q.keys().any(|k| k.starts_with("attempts.")), "{q}");
+    }
+}
