@@ -528,8 +528,8 @@ fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document
         "epoch": {"$lte": d.epoch as i64},
     };
     // Exactly once per attempt: the write of attempt n is refused once attempt n is stored.
-    if let Some(n) = attempt_written(d) {
-        q.insert(format!("attempts.{}", n - 1), doc! {"$exists": false});
+    if let Some(i) = free_attempt_index(d) {
+        q.insert(format!("attempts.{i}"), doc! {"$exists": false});
     }
     let mut u = doc! {"$set": set, "$setOnInsert": on_insert};
     if !unset.is_empty() {
@@ -538,26 +538,22 @@ fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document
     Ok(doc! {"q": q, "u": u, "upsert": true})
 }
 
-/// The attempt a write records: its last attempt, unless it ends an event that expired before
-/// its next attempt started (that write adds no attempt).
-fn attempt_written(d: &RunDoc) -> Option<u32> {
-    let expired = d
+/// The index in `attempts` that must still be free for a write to land. A write of an
+/// attempt's own outcome carries that attempt last: attempt `n` must not be stored yet. A write
+/// that adds no attempt (the platform's failure, an expired event) carries the attempts before
+/// it: no further one may be stored. `None` for writes that know of no attempt.
+fn free_attempt_index(d: &RunDoc) -> Option<usize> {
+    let adds = !d
         .error
         .as_ref()
-        .is_some_and(|e| e.code == schemas::run_error_codes::EVENT_EXPIRED);
-    d.attempts
-        .last()
-        .filter(|_| !expired)
-        .map(|a| a.attempt.max(1))
-}
-
-/// A run's record if it is final (read from the primary: a stale read could run it twice).
-pub async fn final_run(db: &Database, run_id: &str) -> anyhow::Result<Option<RunDoc>> {
-    let final_states: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
-    Ok(db
-        .collection::<RunDoc>(collections::RUNS)
-        .find_one(doc! {"_id": run_id, "status": {"$in": final_states}})
-        .await?)
+        .is_some_and(|e| e.is_platform() || e.code == schemas::run_error_codes::EVENT_EXPIRED);
+    if adds {
+        d.attempts.last().map(|a| a.attempt.max(1) as usize - 1)
+    } else if d.attempts.is_empty() {
+        None
+    } else {
+        Some(d.attempts.len())
+    }
 }
 
 /// A run's record, whatever its state (read from the primary).
@@ -747,14 +743,21 @@ mod tests {
     }
 
     #[test]
-    fn an_expiry_adds_no_attempt_and_is_not_conditioned_on_one() {
-        let mut d = doc(RunStatus::Failed, 1);
-        d.error = Some(RunError::new(
+    fn writes_that_add_no_attempt_require_no_further_one() {
+        for code in [
             schemas::run_error_codes::EVENT_EXPIRED,
-            "old",
-        ));
-        let s = finish_statement(&d, None).unwrap();
-        let q = s.get_document("q").unwrap();
-        assert!(!q.keys().any(|k| k.starts_with("attempts.")), "{q}");
+            schemas::run_error_codes::PLATFORM_NO_CAPACITY,
+        ] {
+            let mut d = doc(RunStatus::Failed, 1);
+            d.error = Some(RunError::new(code, "not run"));
+            let s = finish_statement(&d, None).unwrap();
+            let q = s.get_document("q").unwrap();
+            assert!(q.contains_key("attempts.1"), "{q}");
+            assert!(!q.contains_key("attempts.0"), "{q}");
+            d.attempts.clear();
+            let s = finish_statement(&d, None).unwrap();
+            let q = s.get_document("q").unwrap();
+            assert!(!q.keys().any(|k| k.starts_with("attempts.")), "{q}");
+        }
     }
 }

@@ -146,7 +146,8 @@ pub(crate) fn plan(inv: &InvocationMsg, mut r: ResultMsg, now_ms: i64) -> Plan {
     }
     let prior: i64 = inv.retry.attempts.iter().map(|a| a.billed_micros).sum();
     let mut attempts = inv.retry.attempts.clone();
-    if !is_expiry(&r) {
+    // The platform's failure (re-runs used up) and an expired event are no attempts.
+    if !is_expiry(&r) && !platform {
         attempts.push(attempt_of(inv, &r, prior));
     }
     let total: i64 = attempts.iter().map(|a| a.billed_micros).sum();
@@ -381,8 +382,9 @@ mod tests {
         let Plan::Final { doc, .. } = plan(&i, lost(), 0) else {
             panic!("re-runs are bounded")
         };
-        // The earlier attempt stays billed; the platform's failure is not.
+        // The earlier attempt stays billed; the platform's failure is not, and is no attempt.
         assert_eq!(doc.billed_micros, 100);
+        assert_eq!(doc.attempts.len(), 1);
         assert_eq!(doc.bill_state, BillState::Unbilled);
         assert!(doc.dead_letter.is_some());
     }

@@ -300,7 +300,19 @@ impl Dispatcher {
             hold: inv.hold,
         };
         // Stored first, so that whoever hears of the failure reads it back.
-        let doc = finished_doc(&r, inv.args.to_string(), inv.created_at_ms);
+        let mut doc = finished_doc(&r, inv.args.to_string(), inv.created_at_ms);
+        doc.attempts = inv.retry.attempts.clone();
+        doc.billed_micros = doc.attempts.iter().map(|a| a.billed_micros).sum();
+        if doc.billed_micros > 0 {
+            doc.bill_state = schemas::BillState::Unbilled;
+        }
+        if inv.mode == schemas::Mode::Async {
+            // The final failure of an async run is a dead letter.
+            doc.dead_letter = Some(schemas::DeadLetter {
+                failed_at_ms: r.finished_at_ms,
+                redriven_as: None,
+            });
+        }
         match self.writer.finish(doc).await {
             Ok(true) => {}
             Ok(false) => {
