@@ -10,6 +10,9 @@
 //! - `Finished` upserts the final state unless the run is already final or carries a newer
 //!   fencing epoch; a refused duplicate is ignored. So a late `Pending` or `Started` never
 //!   overwrites a final run, and a finish delivered twice lands once.
+//! - A `Finished` write may also leave the run `pending` for an async retry (the attempt
+//!   appended, `next_attempt_at_ms` set; it settles no money). Every write carrying attempt `n`
+//!   requires attempt `n` not stored yet, so each attempt is recorded (and billed) once.
 //!
 //! A finish that lands settles the run's money on its user's counters (`accounts::hold`): its
 //! cost is added to `spent_micros` and its reservation (the [`schemas::Hold`] it carries) is
@@ -315,11 +318,13 @@ async fn store(
                         "worker_id": worker_id,
                         "epoch": *epoch as i64,
                         "started_at_ms": started_at_ms,
-                    }},
+                    }, "$unset": {"next_attempt_at_ms": ""}},
                 });
             }
             RunWrite::Finished(d) => {
-                let money = d.billed_micros > 0 || d.hold.is_some();
+                // A record left pending for a retry settles nothing: the run stays reserved
+                // and its attempts are settled, summed, by its final record.
+                let money = d.status.is_final() && (d.billed_micros > 0 || d.hold.is_some());
                 if money {
                     costs.push((updates.len(), d.as_ref()));
                 }
@@ -503,6 +508,26 @@ fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document
     if let Some(b) = settle {
         set.insert(SETTLE, b);
     }
+    let mut unset = Document::new();
+    if !d.attempts.is_empty() {
+        set.insert("attempts", bson::to_bson(&d.attempts)?);
+    }
+    match d.next_attempt_at_ms {
+        Some(t) => {
+            set.insert("next_attempt_at_ms", t);
+        }
+        None => {
+            unset.insert("next_attempt_at_ms", "");
+        }
+    }
+    if let Some(l) = &d.dead_letter {
+        set.insert("dead_letter", bson::to_bson(l)?);
+    }
+    if !d.status.is_final() {
+        // Waiting for a retry: not finished.
+        set.remove("finished_at_ms");
+        unset.insert("finished_at_ms", "");
+    }
     let mut on_insert = doc! {
         "user_id": &d.user_id,
         "function_id": &d.function_id,
@@ -515,26 +540,45 @@ fn finish_statement(d: &RunDoc, settle: Option<&str>) -> anyhow::Result<Document
     if let Some(h) = &d.hold {
         on_insert.insert("hold", bson::to_bson(h)?);
     }
-    Ok(doc! {
-        "q": {
-            "_id": &d.id,
-            "status": {"$nin": final_states},
-            "epoch": {"$lte": d.epoch as i64},
-        },
-        "u": {
-            "$set": set,
-            "$setOnInsert": on_insert,
-        },
-        "upsert": true,
-    })
+    let mut q = doc! {
+        "_id": &d.id,
+        "status": {"$nin": final_states},
+        "epoch": {"$lte": d.epoch as i64},
+    };
+    // Exactly once per attempt: the write of attempt n is refused once attempt n is stored.
+    if let Some(i) = free_attempt_index(d) {
+        q.insert(format!("attempts.{i}"), doc! {"$exists": false});
+    }
+    let mut u = doc! {"$set": set, "$setOnInsert": on_insert};
+    if !unset.is_empty() {
+        u.insert("$unset", unset);
+    }
+    Ok(doc! {"q": q, "u": u, "upsert": true})
 }
 
-/// A run's record if it is final (read from the primary: a stale read could run it twice).
-pub async fn final_run(db: &Database, run_id: &str) -> anyhow::Result<Option<RunDoc>> {
-    let final_states: Vec<&str> = RunStatus::FINAL.iter().map(|s| s.as_str()).collect();
+/// The index in `attempts` that must still be free for a write to land. A write of an
+/// attempt's own outcome carries that attempt last: attempt `n` must not be stored yet. A write
+/// that adds no attempt (the platform's failure, an expired event) carries the attempts before
+/// it: no further one may be stored. `None` for writes that know of no attempt.
+fn free_attempt_index(d: &RunDoc) -> Option<usize> {
+    let adds = !d
+        .error
+        .as_ref()
+        .is_some_and(|e| e.is_platform() || e.code == schemas::run_error_codes::EVENT_EXPIRED);
+    if adds {
+        d.attempts.last().map(|a| a.attempt.max(1) as usize - 1)
+    } else if d.attempts.is_empty() {
+        None
+    } else {
+        Some(d.attempts.len())
+    }
+}
+
+/// A run's record, whatever its state (read from the primary).
+pub async fn stored_run(db: &Database, run_id: &str) -> anyhow::Result<Option<RunDoc>> {
     Ok(db
         .collection::<RunDoc>(collections::RUNS)
-        .find_one(doc! {"_id": run_id, "status": {"$in": final_states}})
+        .find_one(doc! {"_id": run_id})
         .await?)
 }
 
@@ -593,6 +637,9 @@ pub fn pending_doc(inv: &schemas::InvocationMsg) -> RunDoc {
         started_at_ms: None,
         finished_at_ms: None,
         hold: inv.hold,
+        attempts: Vec::new(),
+        next_attempt_at_ms: None,
+        dead_letter: None,
     }
 }
 
@@ -626,5 +673,109 @@ pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i6
         started_at_ms: r.started_at_ms,
         finished_at_ms: Some(r.finished_at_ms),
         hold: r.hold,
+        attempts: Vec::new(),
+        next_attempt_at_ms: None,
+        dead_letter: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{Attempt, Resources, RunError};
+
+    fn doc(status: RunStatus, attempts: u32) -> RunDoc {
+        let mut d = pending_doc(&schemas::InvocationMsg {
+            v: 1,
+            run_id: "r".into(),
+            user_id: "u".into(),
+            function_id: "f".into(),
+            function: "fn".into(),
+            version: 1,
+            runtime: schemas::Runtime::Python3,
+            handler: "main.handle".into(),
+            code_sha256: "00".into(),
+            code_kind: schemas::CodeKind::Single,
+            filename: "main.py".into(),
+            resources: Resources::new(500, 128, 64),
+            timeout_ms: 1000,
+            mode: schemas::Mode::Async,
+            args: serde_json::json!({}),
+            reply_to: None,
+            callback_url: None,
+            created_at_ms: 1,
+            hold: None,
+            retry: Default::default(),
+        });
+        d.status = status;
+        d.finished_at_ms = Some(5);
+        d.attempts = (1..=attempts)
+            .map(|a| Attempt {
+                attempt: a,
+                status: RunStatus::Failed,
+                error: None,
+                duration_ms: 1,
+                billed_micros: 1,
+                started_at_ms: Some(2),
+                finished_at_ms: 3,
+            })
+            .collect();
+        d
+    }
+
+    #[test]
+    fn an_attempts_write_is_refused_once_that_attempt_is_stored() {
+        let s = finish_statement(&doc(RunStatus::Failed, 3), Some("b")).unwrap();
+        let q = s.get_document("q").unwrap();
+        assert_eq!(
+            q.get_document("attempts.2").unwrap(),
+            &doc! {"$exists": false}
+        );
+        let set = s.get_document("u").unwrap().get_document("$set").unwrap();
+        assert_eq!(set.get_array("attempts").unwrap().len(), 3);
+        assert_eq!(set.get_str(SETTLE).unwrap(), "b");
+    }
+
+    #[test]
+    fn a_record_waiting_for_a_retry_is_not_finished() {
+        let mut d = doc(RunStatus::Pending, 1);
+        d.next_attempt_at_ms = Some(9);
+        let s = finish_statement(&d, None).unwrap();
+        let u = s.get_document("u").unwrap();
+        assert!(u
+            .get_document("$set")
+            .unwrap()
+            .get("finished_at_ms")
+            .is_none());
+        assert!(u
+            .get_document("$unset")
+            .unwrap()
+            .contains_key("finished_at_ms"));
+        assert_eq!(
+            u.get_document("$set")
+                .unwrap()
+                .get_i64("next_attempt_at_ms")
+                .unwrap(),
+            9
+        );
+    }
+
+    #[test]
+    fn writes_that_add_no_attempt_require_no_further_one() {
+        for code in [
+            schemas::run_error_codes::EVENT_EXPIRED,
+            schemas::run_error_codes::PLATFORM_NO_CAPACITY,
+        ] {
+            let mut d = doc(RunStatus::Failed, 1);
+            d.error = Some(RunError::new(code, "not run"));
+            let s = finish_statement(&d, None).unwrap();
+            let q = s.get_document("q").unwrap();
+            assert!(q.contains_key("attempts.1"), "{q}");
+            assert!(!q.contains_key("attempts.0"), "{q}");
+            d.attempts.clear();
+            let s = finish_statement(&d, None).unwrap();
+            let q = s.get_document("q").unwrap();
+            assert!(!q.keys().any(|k| k.starts_with("attempts.")), "{q}");
+        }
     }
 }

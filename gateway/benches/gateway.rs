@@ -382,6 +382,8 @@ async fn start_platform(
         code_kind: CodeKind::Single,
         created_at_ms: now,
         updated_at_ms: now,
+        retries: 0,
+        max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
     };
     db.collection::<FunctionDoc>(collections::FUNCTIONS)
         .insert_one(&func)
@@ -570,6 +572,7 @@ impl Platform {
             callback_url: None,
             created_at_ms: schemas::now_ms(),
             hold: None,
+            retry: Default::default(),
         }
     }
 }

@@ -176,16 +176,19 @@ impl Callbacks {
                 .find_one(bson::doc! {"_id": &r.run_id}),
         )
         .await;
-        let (args_json, created_at_ms, bill_id) = match stored {
-            Ok(Ok(Some(d))) => (d.args_json, d.created_at_ms, d.bill_id),
+        let (args_json, created_at_ms, bill_id, attempts) = match stored {
+            Ok(Ok(Some(d))) => (d.args_json, d.created_at_ms, d.bill_id, d.attempts),
             _ => (
                 "null".to_owned(),
                 r.started_at_ms.unwrap_or(r.finished_at_ms),
                 None,
+                Vec::new(),
             ),
         };
         let mut doc = common::runstore::finished_doc(r, args_json, created_at_ms);
         doc.bill_id = bill_id;
+        // Every attempt of an async run (its result message's billed sum covers them).
+        doc.attempts = attempts;
         crate::views::run_json(&doc)
     }
 

@@ -181,6 +181,29 @@ pub fn parse_args(body: &[u8]) -> Result<Value, GatewayError> {
     serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))
 }
 
+/// What accepting an invocation reserves: the worst case of every attempt it may take (an
+/// async run has up to `1 + retries`; a sync call never retries).
+pub fn worst_case(prices: &accounts::Prices, func: &FunctionDoc, mode: Mode) -> i64 {
+    let one = prices.worst_case(func.timeout_ms, func.resources);
+    match mode {
+        Mode::Sync => one,
+        Mode::Async => one.saturating_mul(1 + i64::from(func.retries)),
+    }
+}
+
+/// The retry state of a new invocation: the function's `retries` and `max_event_age_s` for
+/// async runs; sync calls are attempted once and never expire.
+pub fn retry_state(func: &FunctionDoc, mode: Mode) -> schemas::RetryState {
+    match mode {
+        Mode::Sync => schemas::RetryState::default(),
+        Mode::Async => schemas::RetryState {
+            retries: func.retries,
+            max_event_age_s: Some(func.max_event_age_s),
+            ..Default::default()
+        },
+    }
+}
+
 /// The final record of a run whose invocation never reached RabbitMQ: failed by the platform,
 /// not billed, and carrying the invocation's hold, so that storing it releases the reservation.
 pub fn unpublished_doc(inv: &InvocationMsg, why: &str) -> RunDoc {
@@ -332,7 +355,7 @@ impl State {
             .current(db)
             .await
             .map_err(|e| GatewayError::Unavailable(format!("{e:#}")))?;
-        let worst = prices.worst_case(func.timeout_ms, func.resources);
+        let worst = worst_case(&prices, func, mode);
         let sync = mode == Mode::Sync;
         Ok(accounts::reserve(db, user_id, worst, sync, &self.cfg.user_limits).await?)
     }
@@ -405,6 +428,7 @@ impl State {
             callback_url,
             created_at_ms: schemas::now_ms(),
             hold: Some(reservation.hold()),
+            retry: retry_state(&func, mode),
         };
         match mode {
             Mode::Sync => self.invoke_sync(inv, reservation).await,
@@ -987,6 +1011,9 @@ mod tests {
             started_at_ms: None,
             finished_at_ms: None,
             hold: None,
+            attempts: Vec::new(),
+            next_attempt_at_ms: None,
+            dead_letter: None,
         };
         let o = Outcome::from(&d);
         assert_eq!(o.result, Some(serde_json::json!([1])));

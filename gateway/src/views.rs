@@ -48,6 +48,34 @@ pub fn run_json(d: &RunDoc) -> Value {
     if let Some(t) = d.finished_at_ms {
         m.insert("finished_at".into(), json!(rfc3339_ms(t)));
     }
+    m.insert(
+        "attempts".into(),
+        Value::Array(d.attempts.iter().map(attempt_json).collect()),
+    );
+    if let Some(t) = d.next_attempt_at_ms {
+        m.insert("next_attempt_at".into(), json!(rfc3339_ms(t)));
+    }
+    Value::Object(m)
+}
+
+/// One of a run's `attempts`: `{attempt, status, error?, duration_ms, billed_micros,
+/// started_at, finished_at}`.
+pub fn attempt_json(a: &schemas::Attempt) -> Value {
+    let mut m = Map::new();
+    m.insert("attempt".into(), json!(a.attempt));
+    m.insert("status".into(), json!(a.status.as_str()));
+    if let Some(e) = &a.error {
+        m.insert(
+            "error".into(),
+            json!({"code": e.code, "message": e.message}),
+        );
+    }
+    m.insert("duration_ms".into(), json!(a.duration_ms));
+    m.insert("billed_micros".into(), json!(a.billed_micros));
+    if let Some(t) = a.started_at_ms {
+        m.insert("started_at".into(), json!(rfc3339_ms(t)));
+    }
+    m.insert("finished_at".into(), json!(rfc3339_ms(a.finished_at_ms)));
     Value::Object(m)
 }
 
@@ -80,6 +108,9 @@ mod tests {
             started_at_ms: None,
             finished_at_ms: None,
             hold: None,
+            attempts: Vec::new(),
+            next_attempt_at_ms: None,
+            dead_letter: None,
         }
     }
 
@@ -91,8 +122,35 @@ mod tests {
             json!({
                 "run_id": "r1", "function": "adder", "version": 2, "status": "pending",
                 "args": {"a": 1, "$b": {"c.d": 2}}, "logs": "", "cold_start": false,
-                "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z"
+                "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z",
+                "attempts": []
             })
+        );
+    }
+
+    #[test]
+    fn a_waiting_retry_shows_its_attempts_and_when_the_next_is_due() {
+        let mut d = doc();
+        d.attempts = vec![schemas::Attempt {
+            attempt: 1,
+            status: RunStatus::TimedOut,
+            error: Some(RunError::new("timeout", "too slow")),
+            duration_ms: 100,
+            billed_micros: 7,
+            started_at_ms: Some(1_714_564_800_200),
+            finished_at_ms: 1_714_564_800_300,
+        }];
+        d.next_attempt_at_ms = Some(1_714_564_801_300);
+        let v = run_json(&d);
+        assert_eq!(v["next_attempt_at"], "2024-05-01T12:00:01.300Z");
+        assert_eq!(
+            v["attempts"],
+            json!([{
+                "attempt": 1, "status": "timed_out",
+                "error": {"code": "timeout", "message": "too slow"},
+                "duration_ms": 100, "billed_micros": 7,
+                "started_at": "2024-05-01T12:00:00.200Z", "finished_at": "2024-05-01T12:00:00.300Z"
+            }])
         );
     }
 

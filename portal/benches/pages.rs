@@ -169,6 +169,8 @@ async fn main() -> anyhow::Result<()> {
             code_kind: CodeKind::Single,
             created_at_ms: now,
             updated_at_ms: now,
+            retries: schemas::rules::DEFAULT_RETRIES,
+            max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
         })
         .collect();
     if !functions.is_empty() {
@@ -213,6 +215,9 @@ async fn main() -> anyhow::Result<()> {
                 .is_final()
                 .then_some(now - (n_runs - i) as i64 * 1000 + 20),
             hold: None,
+            attempts: Vec::new(),
+            next_attempt_at_ms: None,
+            dead_letter: None,
         });
         if batch.len() == 1000 {
             db.collection::<RunDoc>(collections::RUNS)

@@ -294,7 +294,12 @@ where
                 prices.iter().map(account::price_json).collect(),
             )))
         }
-        ["keys", ..] | ["functions", ..] | ["runs", ..] | ["account", ..] | ["bills", ..] => {
+        ["keys", ..]
+        | ["functions", ..]
+        | ["runs", ..]
+        | ["account", ..]
+        | ["bills", ..]
+        | ["dead-letters", ..] => {
             let user = crate::auth::api_user(st, &req.headers).await?;
             authed(st, &req, &user.id, &p, body).await
         }
@@ -459,8 +464,28 @@ where
             let bill = account::pay(st, uid, id).await?;
             Ok(ok(&account::bill_json(&bill)))
         }
+        (["dead-letters"], Method::GET) => {
+            let ds = service::retries::list(st, uid).await?;
+            Ok(ok(&Value::Array(
+                ds.iter().map(service::retries::dead_letter_json).collect(),
+            )))
+        }
+        (["dead-letters", id], Method::DELETE) => {
+            service::retries::delete(st, uid, id).await?;
+            Ok(no_content())
+        }
+        (["dead-letters", id, "redrive"], Method::POST) => {
+            let new_id = service::retries::redrive(st, uid, id).await?;
+            Ok(json_status(
+                &json!({"run_id": new_id}),
+                StatusCode::ACCEPTED,
+            ))
+        }
         (
-            ["keys"]
+            ["dead-letters"]
+            | ["dead-letters", _]
+            | ["dead-letters", _, "redrive"]
+            | ["keys"]
             | ["keys", _]
             | ["functions"]
             | ["functions", _]

@@ -96,6 +96,9 @@ pub struct Config {
     /// Limits of uploaded code packages (`PORTAL_MAX_UNPACKED_BYTES`,
     /// `PORTAL_MAX_PACKAGE_ENTRIES`; the code itself is at most 20 MiB).
     pub upload_limits: crate::upload::Limits,
+    /// Smallest `max_event_age_s` a function may have (`PORTAL_MIN_EVENT_AGE_S`, 1–60; default
+    /// the contract's 60; lower only to test event expiry quickly).
+    pub min_event_age_s: u64,
 }
 
 fn duration(
@@ -249,7 +252,20 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let min_event_age_s: u64 = config::parse(
+            env,
+            None,
+            "PORTAL_MIN_EVENT_AGE_S",
+            schemas::rules::MAX_EVENT_AGE_S.0,
+        )?;
+        if !(1..=schemas::rules::MAX_EVENT_AGE_S.0).contains(&min_event_age_s) {
+            return Err(ConfigError::new(
+                "PORTAL_MIN_EVENT_AGE_S",
+                "must be between 1 and 60",
+            ));
+        }
         Ok(Config {
+            min_event_age_s,
             signup_per_hour: non_zero(
                 env,
                 flags.signup_per_hour.as_deref(),

@@ -101,6 +101,12 @@ pub struct FunctionDoc {
     pub code_kind: CodeKind,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Further attempts after a failed or timed-out async run (`rules::RETRIES`).
+    #[serde(default = "crate::rules::default_retries")]
+    pub retries: u32,
+    /// An async event not started within this many seconds of acceptance is dead-lettered.
+    #[serde(default = "crate::rules::default_max_event_age_s")]
+    pub max_event_age_s: u64,
 }
 
 /// One version of a function, kept when it is created or updated (the portal's version list).
@@ -200,6 +206,42 @@ pub struct RunDoc {
     /// final releases it (`accounts::hold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// Every attempt so far, in order (the top-level fields describe the last one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// While a retry waits: when it is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<i64>,
+    /// Set when the run ended as a dead letter (last attempt failed, or the event was too
+    /// old); removed when the dead letter is deleted or redriven.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// One attempt of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub attempt: u32,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub billed_micros: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: i64,
+}
+
+/// A run's dead-letter entry (`GET /api/v1/dead-letters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub failed_at_ms: i64,
+    /// The run a redrive started (set while the redrive is under way, then the entry goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redriven_as: Option<String>,
 }
 
 /// One line of a bill.

@@ -184,6 +184,8 @@ pub mod run_error_codes {
     /// The run's container was killed or removed by someone other than its worker (`docker
     /// kill`, `docker rm -f`, a Docker daemon stop) while the run was in it.
     pub const PLATFORM_CONTAINER_LOST: &str = "platform_container_lost";
+    /// An async event waited longer than its function's `max_event_age_s` and was not run.
+    pub const EVENT_EXPIRED: &str = "event_expired";
 }
 
 /// Limits shared by the gateway, portal, worker and SDK.

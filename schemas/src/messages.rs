@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{CodeKind, Hold, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{Attempt, CodeKind, Hold, Mode, Resources, RunError, RunStatus, Runtime};
 
 /// The schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -46,6 +46,46 @@ pub struct InvocationMsg {
     /// What accepting it reserved (released by its final record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// Which attempt this is and what the earlier ones did (async retries).
+    #[serde(default)]
+    pub retry: RetryState,
+}
+
+/// An invocation's place in its retries. Carried by the message, so a retry waiting in a
+/// delay queue needs nothing but the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryState {
+    /// 1 for the first attempt.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// Further attempts allowed after a failed one (the function's `retries`; 0 for sync).
+    #[serde(default)]
+    pub retries: u32,
+    /// The function's `max_event_age_s` at acceptance (async only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_age_s: Option<u64>,
+    /// Times this attempt was run again after a platform failure (uses no attempt).
+    #[serde(default)]
+    pub reruns: u32,
+    /// The earlier attempts, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RetryState {
+    fn default() -> Self {
+        RetryState {
+            attempt: 1,
+            retries: 0,
+            max_event_age_s: None,
+            reruns: 0,
+            attempts: Vec::new(),
+        }
+    }
 }
 
 impl InvocationMsg {
@@ -179,6 +219,7 @@ mod tests {
                 reserved_micros: 25,
                 sync: true,
             }),
+            retry: RetryState::default(),
         };
         let s = serde_json::to_vec(&m).unwrap();
         assert_eq!(serde_json::from_slice::<InvocationMsg>(&s).unwrap(), m);

@@ -6,6 +6,9 @@ use bson::{doc, Document};
 
 /// Routing key of results whose run has a callback URL.
 pub const RK_RESULT_CALLBACK: &str = "run.callback";
+/// Routing key of the result of an async attempt that will be retried: only dispatchers hear
+/// it (to release the attempt's allocation); callbacks wait for the final outcome.
+pub const RK_RESULT_ATTEMPT: &str = "run.attempt";
 /// Routing key of results without a callback URL.
 pub const RK_RESULT_PLAIN: &str = "run.plain";
 /// Binding pattern that matches every result.
@@ -84,6 +87,12 @@ impl AmqpNames {
     /// Queue holding dead-lettered messages for operators to inspect.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead-letter", self.prefix)
+    }
+
+    /// Durable delay queue holding async retries due `delay_ms` after they were published: its
+    /// messages expire after that long and are dead-lettered into the invocations queue.
+    pub fn retry_queue(&self, delay_ms: u64) -> String {
+        format!("{}.retry.{}ms", self.prefix, delay_ms)
     }
 
     /// Exclusive reply queue of one gateway instance for sync invocations.
@@ -168,6 +177,12 @@ pub fn indexes() -> Vec<IndexSpec> {
             RUNS,
             "bill_state_user",
             doc! {"bill_state": 1, "user_id": 1},
+            false,
+        ),
+        ix(
+            RUNS,
+            "user_dead_letter",
+            doc! {"user_id": 1, "dead_letter.failed_at_ms": -1},
             false,
         ),
         ix(

@@ -46,6 +46,36 @@ pub fn valid_arg_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Bounds of a function's `retries` (async only: further attempts after a failed one).
+pub const RETRIES: (u32, u32) = (0, 2);
+
+/// A function's `retries` when its spec names none.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// Bounds of a function's `max_event_age_s` (1 minute to 6 hours).
+pub const MAX_EVENT_AGE_S: (u64, u64) = (60, 21_600);
+
+/// A function's `max_event_age_s` when its spec names none.
+pub const DEFAULT_MAX_EVENT_AGE_S: u64 = 21_600;
+
+/// The wait before each retry: before attempt 2, before attempt 3 (about 1 s, then about 4 s).
+/// Each is a delay queue of the broker's (`names::AmqpNames::retry_queue`).
+pub const RETRY_DELAYS_MS: [u64; 2] = [1_000, 4_000];
+
+/// Times one attempt is run again after a platform failure (a worker or container lost)
+/// before the run ends failed by the platform; such re-runs use up no attempt.
+pub const PLATFORM_RERUNS: u32 = 3;
+
+/// Serde default of `FunctionDoc::retries`.
+pub fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+
+/// Serde default of `FunctionDoc::max_event_age_s`.
+pub fn default_max_event_age_s() -> u64 {
+    DEFAULT_MAX_EVENT_AGE_S
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

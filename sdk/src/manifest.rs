@@ -60,6 +60,12 @@ pub struct Manifest {
     pub resources: Resources,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Async retries, 0–2 (the platform's default, 2, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Async event age limit in seconds, 60–21600 (the platform's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_age_s: Option<u64>,
     /// Extra ignore patterns (same syntax as `.colorfaasignore`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
@@ -110,7 +116,7 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest> {
         let m: Manifest = serde_json::from_str(text).map_err(|e| {
             CliError::usage(format!("invalid manifest: {e}")).hint(format!(
-                "{FILE} is JSON with the fields name, runtime, handler, description, args_schema, mode, resources, timeout_ms, ignore (see sdk/README.md)"
+                "{FILE} is JSON with the fields name, runtime, handler, description, args_schema, mode, resources, timeout_ms, retries, max_event_age_s, ignore (see sdk/README.md)"
             ))
         })?;
         m.validate()?;
@@ -178,6 +184,14 @@ impl Manifest {
                 return bad(format!("{field} is {v}: it must be {lo} to {hi}"));
             }
         }
+        let (lo, hi) = schemas::rules::RETRIES;
+        if let Some(v) = self.retries.filter(|v| !(lo..=hi).contains(v)) {
+            return bad(format!("retries is {v}: it must be {lo} to {hi}"));
+        }
+        let (lo, hi) = schemas::rules::MAX_EVENT_AGE_S;
+        if let Some(v) = self.max_event_age_s.filter(|v| !(lo..=hi).contains(v)) {
+            return bad(format!("max_event_age_s is {v}: it must be {lo} to {hi}"));
+        }
         Ok(())
     }
 
@@ -221,7 +235,7 @@ impl Manifest {
 
     /// The contract's function spec with the code.
     pub fn spec(&self, code_base64: String, filename: &str) -> Value {
-        serde_json::json!({
+        let mut spec = serde_json::json!({
             "name": self.name,
             "runtime": self.runtime,
             "handler": self.handler,
@@ -232,7 +246,14 @@ impl Manifest {
             "mode": self.mode,
             "resources": self.resources,
             "timeout_ms": self.timeout_ms,
-        })
+        });
+        if let Some(r) = self.retries {
+            spec["retries"] = r.into();
+        }
+        if let Some(a) = self.max_event_age_s {
+            spec["max_event_age_s"] = a.into();
+        }
+        spec
     }
 }
 
@@ -249,9 +270,21 @@ mod tests {
         assert_eq!(m.mode, "sync");
         assert_eq!(m.resources, Resources::default());
         assert_eq!(m.timeout_ms, 1000);
+        assert_eq!((m.retries, m.max_event_age_s), (None, None));
+        let spec = m.spec(String::new(), "main.py");
+        assert!(
+            spec.get("retries").is_none(),
+            "absent: the platform's default"
+        );
         let spec = m.spec("eA==".into(), "main.py");
         assert_eq!(spec["args_schema"]["a"], "int");
         assert_eq!(spec["resources"]["memory_mb"], 128);
+        let m = Manifest::parse(
+            r#"{"name":"a","runtime":"exec","handler":"h","retries":0,"max_event_age_s":60}"#,
+        )
+        .unwrap();
+        assert_eq!(m.spec(String::new(), "h")["retries"], 0);
+        assert_eq!(m.spec(String::new(), "h")["max_event_age_s"], 60);
     }
 
     #[test]
@@ -280,6 +313,14 @@ mod tests {
             (
                 r#"{"name":"a","runtime":"exec","handler":"h","timeout_ms":0}"#,
                 "timeout_ms",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","retries":3}"#,
+                "retries",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","max_event_age_s":59}"#,
+                "max_event_age_s",
             ),
             (
                 r#"{"name":"a","runtime":"exec","handler":"h","tiemout_ms":5}"#,

@@ -238,6 +238,7 @@ impl Sandbox {
             callback_url: None,
             created_at_ms: schemas::now_ms(),
             hold: None,
+            retry: Default::default(),
         }
     }
 
@@ -366,6 +367,11 @@ impl Sandbox {
             self.names.dead_letter_queue(),
         ];
         queues.extend(self.workers.iter().map(|w| self.names.worker_queue(w)));
+        queues.extend(
+            schemas::rules::RETRY_DELAYS_MS
+                .iter()
+                .map(|d| self.names.retry_queue(*d)),
+        );
         for q in queues {
             let _ = self
                 .ch
@@ -485,6 +491,9 @@ pub fn run_doc(user_id: &str, status: schemas::RunStatus, billed: i64) -> schema
         started_at_ms: fin.then_some(now - 90_000),
         finished_at_ms: fin.then_some(now - 60_000 + (n % 1000) as i64),
         hold: None,
+        attempts: Vec::new(),
+        next_attempt_at_ms: None,
+        dead_letter: None,
     }
 }
 
@@ -663,7 +672,8 @@ impl Sandbox {
     }
 
     /// A single-file function of `user_id` with its code stored, not yet inserted: sync, no
-    /// args schema, 500 millicores / 128 MB / 64 MB, 5 s timeout. Adjust, then
+    /// args schema, 500 millicores / 128 MB / 64 MB, 5 s timeout, no retries (tests of retries
+    /// set `retries`; the contract's default is 2). Adjust, then
     /// [`Sandbox::insert_function`].
     pub async fn function_doc(
         &self,
@@ -700,6 +710,8 @@ impl Sandbox {
             code_kind: CodeKind::Single,
             created_at_ms: now,
             updated_at_ms: now,
+            retries: 0,
+            max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
         }
     }
 

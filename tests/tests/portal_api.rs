@@ -951,6 +951,9 @@ fn run_doc(user_id: &str, function: &str, status: RunStatus, at: i64, micros: i6
         started_at_ms: Some(at),
         finished_at_ms: status.is_final().then_some(at + 12),
         hold: None,
+        attempts: Vec::new(),
+        next_attempt_at_ms: None,
+        dead_letter: None,
     }
 }
 

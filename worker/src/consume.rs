@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::amqp::{self, Backoff, Session};
-use common::runstore::{finished_doc, result_of, RunWrite};
+use common::runstore::{result_of, RunWrite};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -26,7 +26,7 @@ use schemas::{EpochMsg, InvocationMsg, ResultMsg, RunDoc, RunningTask, TaskMsg, 
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::{Inner, RunState, RUNNING_RECORD_AFTER};
+use crate::{retry, Inner, RunState, RUNNING_RECORD_AFTER};
 
 /// Setting up the consumer failing this many times in a row on a live broker is not a
 /// passing fault (e.g. the queue exists with other arguments): the worker exits.
@@ -186,14 +186,22 @@ async fn handle_task(inner: Arc<Inner>, d: Delivery, task: TaskMsg) {
     if !claim(&inner, &task.invocation, &d).await {
         return;
     }
-    let result = run(&inner, &task).await;
-    complete(&inner, &task.invocation, result).await;
+    let inv = &task.invocation;
+    let result = if retry::expired(inv, schemas::now_ms()) {
+        tracing::info!("the event is older than its max_event_age_s; not running it");
+        retry::expired_result(inv, &inner.cfg.worker_id, task.epoch)
+    } else {
+        run(&inner, &task).await
+    };
+    complete(&inner, inv, result).await;
 }
 
 /// Takes the run for this delivery: `false` when it is (or was) already handled here or
 /// elsewhere — then this delivery is acknowledged when that handling ends, or at once.
 async fn claim(inner: &Inner, inv: &InvocationMsg, d: &Delivery) -> bool {
-    let run_id = inv.run_id.as_str();
+    // One execution per (run, attempt, platform re-run).
+    let key = retry::key(inv);
+    let run_id = key.as_str();
     enum Seen {
         Running,
         Done,
@@ -224,14 +232,37 @@ async fn claim(inner: &Inner, inv: &InvocationMsg, d: &Delivery) -> bool {
         }
         Seen::New => {
             if amqp::is_repeat(d.redelivered, &d.properties) {
-                if let Some(done) = already_final(inner, run_id).await {
+                let stored = stored_run(inner, &inv.run_id).await;
+                if let Some((next, delay_ms)) = stored
+                    .as_ref()
+                    .and_then(|s| retry::next_after_stored(inv, s))
+                {
+                    inner.metrics.duplicates.inc();
+                    tracing::info!("a repeated task whose attempt is already stored; publishing its retry again, not running it");
+                    if let Err(e) = publish_retry(inner, &next, delay_ms, true).await {
+                        tracing::warn!(error = %e, "publishing a stored retry again failed; leaving the task queued");
+                        return false;
+                    }
+                    inner
+                        .runs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put(run_id.to_owned(), RunState::Done);
+                    ack(&d.acker).await;
+                    return false;
+                }
+                if let Some(done) = stored.filter(|s| s.status.is_final()) {
                     inner.metrics.duplicates.inc();
                     tracing::info!("a repeated task whose run is already final; publishing its stored result, not running it");
                     // Its worker may have died between storing and publishing: publish again
                     // (the same result, so a consumer sees one execution).
-                    if let Err(e) =
-                        publish_result(inner, inv, &result_of(&done, inv.callback_url.clone()))
-                            .await
+                    if let Err(e) = publish_result(
+                        inner,
+                        inv,
+                        &result_of(&done, inv.callback_url.clone()),
+                        true,
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "publishing a stored result failed");
                     }
@@ -262,11 +293,12 @@ async fn claim(inner: &Inner, inv: &InvocationMsg, d: &Delivery) -> bool {
     }
 }
 
-/// The run's record if it is already final (finished by a worker that died before
-/// acknowledging). When that cannot be told, the run goes ahead: had it finished elsewhere,
-/// this execution's final record is refused and its result never published.
-async fn already_final(inner: &Inner, run_id: &str) -> Option<RunDoc> {
-    match common::runstore::final_run(&inner.db, run_id).await {
+/// The run's record, to tell whether it is already final (finished by a worker that died
+/// before acknowledging) or this attempt already stored. When that cannot be told, the run
+/// goes ahead: had it finished elsewhere, this execution's record is refused and its result
+/// never published.
+async fn stored_run(inner: &Inner, run_id: &str) -> Option<RunDoc> {
+    match common::runstore::stored_run(&inner.db, run_id).await {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot tell whether a repeated task already ran; running it");
@@ -325,33 +357,67 @@ async fn run(inner: &Arc<Inner>, task: &TaskMsg) -> ResultMsg {
     result
 }
 
-/// Stores the final record (waiting out a database outage), publishes the result if this
-/// execution's record is the one that landed, then acknowledges every delivery of the run.
+/// Ends an attempt ([`retry::plan`]): stores its record (waiting out a database outage) —
+/// final, or pending with a retry due —, then, if this execution's record is the one that
+/// landed, publishes the result and any retry; then acknowledges every delivery of it.
 async fn complete(inner: &Inner, inv: &InvocationMsg, result: ResultMsg) {
-    let doc = finished_doc(&result, inv.args.to_string(), inv.created_at_ms);
-    let landed = match inner.writer.finish(doc).await {
-        Ok(landed) => landed,
-        Err(e) => {
-            // Only at shutdown: leave the task unacknowledged; it runs again elsewhere.
-            tracing::error!(error = %format!("{e:#}"), "the run record could not be stored; leaving the task queued");
-            forget(inner, &inv.run_id);
-            return;
-        }
+    let key = retry::key(inv);
+    let (doc, retry, result) = match retry::plan(inv, result, schemas::now_ms()) {
+        retry::Plan::Final { doc, result } => (Some(doc), None, result),
+        retry::Plan::Retry {
+            doc,
+            next,
+            delay_ms,
+            result,
+        } => (Some(doc), Some((next, delay_ms)), result),
+        retry::Plan::Rerun {
+            next,
+            delay_ms,
+            result,
+        } => (None, Some((next, delay_ms)), result),
+    };
+    let landed = match doc {
+        None => true,
+        Some(doc) => match inner.writer.finish(*doc).await {
+            Ok(landed) => landed,
+            Err(e) => {
+                // Only at shutdown: leave the task unacknowledged; it runs again elsewhere.
+                tracing::error!(error = %format!("{e:#}"), "the run record could not be stored; leaving the task queued");
+                forget(inner, &key);
+                return;
+            }
+        },
     };
     if landed {
-        if let Err(e) = publish_result(inner, inv, &result).await {
+        if let Some((next, delay_ms)) = &retry {
+            inner.metrics.retried.inc();
+            tracing::info!(
+                attempt = next.retry.attempt,
+                reruns = next.retry.reruns,
+                delay_ms,
+                "the attempt failed; retrying after the back-off"
+            );
+            if let Err(e) = publish_retry(inner, next, *delay_ms, false).await {
+                // Only at shutdown: a redelivery finds the attempt stored and publishes the
+                // retry then (or, for a platform re-run, runs it).
+                tracing::error!(error = %e, "publishing a retry failed; leaving the task queued");
+                forget(inner, &key);
+                return;
+            }
+        }
+        if let Err(e) = publish_result(inner, inv, &result, retry.is_none()).await {
             // Only when giving up at shutdown: the record holds the outcome; a redelivery
             // finds it final and is acknowledged without running.
             tracing::error!(error = %e, "publishing a result failed");
         }
     } else {
         tracing::info!(
-            "the run was already final (finished elsewhere); not publishing this result"
+            "the attempt was already recorded (finished elsewhere); not publishing this result"
         );
     }
     let ackers = {
         let mut runs = inner.runs.lock().unwrap_or_else(|e| e.into_inner());
-        match runs.put(inv.run_id.clone(), RunState::Done) {
+        match runs.put(key, RunState::Done) {
             Some(RunState::Running { ackers }) => ackers,
             _ => Vec::new(),
         }
@@ -361,6 +427,31 @@ async fn complete(inner: &Inner, inv: &InvocationMsg, result: ResultMsg) {
         // acknowledged then, as a repeat of a finished run.
         ack(&a).await;
     }
+}
+
+/// Publishes the next attempt (or a platform re-run) to the broker's delay queue of
+/// `delay_ms`, confirmed; `repeat` marks it as possibly published before.
+async fn publish_retry(
+    inner: &Inner,
+    next: &InvocationMsg,
+    delay_ms: u64,
+    repeat: bool,
+) -> Result<(), amqp::PublishError> {
+    let body = serde_json::to_vec(next).map_err(|e| amqp::PublishError::Failed(e.to_string()))?;
+    let mut props = amqp::props("invocation", true);
+    if repeat {
+        props = amqp::mark_repeat(props);
+    }
+    inner
+        .link
+        .publish_until_confirmed(
+            "",
+            &inner.names.retry_queue(delay_ms),
+            &body,
+            props,
+            inner.give_up.subscribe(),
+        )
+        .await
 }
 
 /// Forgets a run that was not completed, so a redelivery runs it.
@@ -416,6 +507,7 @@ async fn publish_result(
     inner: &Inner,
     inv: &InvocationMsg,
     r: &ResultMsg,
+    is_final: bool,
 ) -> Result<(), amqp::PublishError> {
     let body = serde_json::to_vec(r).map_err(|e| amqp::PublishError::Failed(e.to_string()))?;
     if let Some(reply_to) = &inv.reply_to {
@@ -430,10 +522,14 @@ async fn publish_result(
             tracing::debug!(error = %e, "replying to the sync caller failed; it reads the record");
         }
     }
-    let key = if r.callback_url.is_some() {
-        names::RK_RESULT_CALLBACK
+    // An attempt that will be retried is heard by dispatchers only (to release it): the
+    // callback waits for the final outcome.
+    let (key, persistent) = if !is_final {
+        (names::RK_RESULT_ATTEMPT, false)
+    } else if r.callback_url.is_some() {
+        (names::RK_RESULT_CALLBACK, true)
     } else {
-        names::RK_RESULT_PLAIN
+        (names::RK_RESULT_PLAIN, false)
     };
     inner
         .link
@@ -441,8 +537,7 @@ async fn publish_result(
             &inner.names.results_exchange(),
             key,
             &body,
-            amqp::props("result", r.callback_url.is_some())
-                .with_correlation_id(inv.run_id.as_str().into()),
+            amqp::props("result", persistent).with_correlation_id(inv.run_id.as_str().into()),
             inner.give_up.subscribe(),
         )
         .await

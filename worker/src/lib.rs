@@ -13,6 +13,7 @@ pub mod freezer;
 mod heartbeat;
 pub mod pool;
 mod reaper;
+mod retry;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,6 +63,7 @@ struct Metrics {
     dead_lettered: Value,
     fenced: Value,
     duplicates: Value,
+    retried: Value,
 }
 
 impl Metrics {
@@ -101,6 +103,11 @@ impl Metrics {
             duplicates: registry.counter(
                 "colorfaas_worker_duplicate_tasks_total",
                 "redelivered tasks that were not run again",
+                &[],
+            ),
+            retried: registry.counter(
+                "colorfaas_worker_retries_total",
+                "async attempts sent to a delay queue to run again (retries and platform re-runs)",
                 &[],
             ),
             registry,

@@ -98,6 +98,7 @@ pub async fn declare_topology(ch: &Channel, names: &AmqpNames) -> anyhow::Result
     .await
     .context("binding the dead-letter queue")?;
 
+    declare_retry_queues(ch, names, durable).await?;
     for (queue, key) in [
         (names.invocations_queue(), None),
         (names.dispatcher_results_queue(), Some(names::RK_RESULT_ALL)),
@@ -117,6 +118,37 @@ pub async fn declare_topology(ch: &Channel, names: &AmqpNames) -> anyhow::Result
             .await
             .with_context(|| format!("binding queue {queue}"))?;
         }
+    }
+    Ok(())
+}
+
+/// Declares the delay queues of async retries (`rules::RETRY_DELAYS_MS`): a message published
+/// to one waits there its delay (the queue's message TTL), then the broker dead-letters it into
+/// the invocations queue, where it is dispatched like any invocation. So a waiting retry is
+/// held by the broker, durable, not by a process that may die.
+async fn declare_retry_queues(
+    ch: &Channel,
+    names: &AmqpNames,
+    durable: QueueDeclareOptions,
+) -> anyhow::Result<()> {
+    for delay_ms in schemas::rules::RETRY_DELAYS_MS {
+        let queue = names.retry_queue(delay_ms);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay_ms as i64),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(names.invocations_queue().into()),
+        );
+        ch.queue_declare(queue.as_str().into(), durable, args)
+            .await
+            .with_context(|| format!("declaring the retry queue {queue}"))?;
     }
     Ok(())
 }

@@ -126,6 +126,15 @@ impl Dispatcher {
             );
             self.running.remove(&inv.run_id);
             let _ = self.sched.release(&inv.run_id);
+        } else if (inv.retry.attempt > 1 || inv.retry.reruns > 0)
+            && !self.held.contains_key(&inv.run_id)
+        {
+            // A retry (or platform re-run) comes only after its earlier attempt ended and was
+            // stored: an allocation still held for the run is that attempt's, whose result
+            // has not arrived yet.
+            if self.running.remove(&inv.run_id) {
+                let _ = self.sched.release(&inv.run_id);
+            }
         }
         if self.held.contains_key(&inv.run_id) || self.running.contains(&inv.run_id) {
             tracing::info!(
@@ -306,7 +315,19 @@ impl Dispatcher {
             hold: inv.hold,
         };
         // Stored first, so that whoever hears of the failure reads it back.
-        let doc = finished_doc(&r, inv.args.to_string(), inv.created_at_ms);
+        let mut doc = finished_doc(&r, inv.args.to_string(), inv.created_at_ms);
+        doc.attempts = inv.retry.attempts.clone();
+        doc.billed_micros = doc.attempts.iter().map(|a| a.billed_micros).sum();
+        if doc.billed_micros > 0 {
+            doc.bill_state = schemas::BillState::Unbilled;
+        }
+        if inv.mode == schemas::Mode::Async {
+            // The final failure of an async run is a dead letter.
+            doc.dead_letter = Some(schemas::DeadLetter {
+                failed_at_ms: r.finished_at_ms,
+                redriven_as: None,
+            });
+        }
         match self.writer.finish(doc).await {
             Ok(true) => {}
             Ok(false) => {

@@ -325,6 +325,9 @@ fn spec_of(i: &FunctionInput) -> service::functions::FunctionSpec {
             disk_mb: Some(i.resources.disk_mb),
         },
         timeout_ms: Some(i.timeout_ms),
+        // The form does not show them: an edit keeps the stored ones.
+        retries: None,
+        max_event_age_s: None,
     }
 }
 

@@ -11,11 +11,13 @@
 //! | `/tasks?q=`, `/tasks/live?q=` (fragment the page polls), `/runs/{id}` | Task manage |
 //! | `/account`, `POST /account/topup`, `POST /account/bill`, `/bills/{id}`, `/bills/{id}/pay` | Account info, bills, payment |
 //! | `/keys`, `POST /keys`, `POST /keys/{id}/revoke` | API keys |
+//! | `/dead-letters`, `POST /dead-letters/{run_id}/redrive`, `…/delete` | dead letters of async runs |
 
 mod account;
 mod auth;
 mod backend;
 pub mod data;
+mod dead_letters;
 pub mod fmt;
 mod functions;
 mod keys;
@@ -156,6 +158,8 @@ fn notice(q: &HashMap<String, String>) -> Option<String> {
         "billed" => "Your finished runs were billed; the new bills are listed below.",
         "revoked" => "The key was revoked; calls using it are refused from now on.",
         "login" => "Log in to continue.",
+        "redriven" => "Redriven: a new run was started with the same args.",
+        "dead_letter_deleted" => "The dead letter was deleted.",
         _ => return None,
     };
     Some(m.to_owned())
@@ -335,6 +339,7 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
     let tasks = tasks::routes(v.clone());
     let account = account::routes(v.clone());
     let keys = keys::routes(v.clone());
+    let dead_letters = dead_letters::routes(v.clone());
 
     // The 404 page for every other GET outside the JSON API.
     let not_found = warp::get().and(warp::path::full()).and(v.clone()).and_then(
@@ -359,6 +364,8 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .or(account)
         .unify()
         .or(keys)
+        .unify()
+        .or(dead_letters)
         .unify()
         .or(not_found)
         .unify()

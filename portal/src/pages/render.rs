@@ -41,6 +41,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("bill", include_str!("../../templates/bill.hbs")),
     ("pay", include_str!("../../templates/pay.hbs")),
     ("keys", include_str!("../../templates/keys.hbs")),
+    (
+        "dead_letters",
+        include_str!("../../templates/dead_letters.hbs"),
+    ),
 ];
 
 /// The stylesheet and the status-refresh script.

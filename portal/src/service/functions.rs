@@ -99,6 +99,12 @@ pub struct FunctionSpec {
     pub resources: ResourcesSpec,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Async retries, 0–2 (default 2).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Async event age limit, 60–21600 s (default 21600).
+    #[serde(default)]
+    pub max_event_age_s: Option<u64>,
 }
 
 /// Run counts of one function, by status, and the time of its latest run.
@@ -178,6 +184,8 @@ pub fn function_json(f: &FunctionDoc) -> Value {
             "disk_mb": f.resources.disk_mb,
         },
         "timeout_ms": f.timeout_ms,
+        "retries": f.retries,
+        "max_event_age_s": f.max_event_age_s,
         "version": f.version,
         "code_sha256": f.code_sha256,
         "code_size": f.code_size,
@@ -393,6 +401,8 @@ pub async fn create(
     let name = spec.name.trim();
     check_name(name)?;
     let c = check_spec(spec)?;
+    let (retries, max_event_age_s) =
+        super::retries::check_spec(spec, None, st.cfg.min_event_age_s)?;
     if find(st, user_id, name).await?.is_some() {
         return Err(PortalError::NameTaken(name.to_owned()));
     }
@@ -416,6 +426,8 @@ pub async fn create(
         code_kind,
         created_at_ms: now,
         updated_at_ms: now,
+        retries,
+        max_event_age_s,
     };
     match functions(st).insert_one(&f).await {
         Ok(_) => {}
@@ -454,6 +466,8 @@ pub async fn update(
         ));
     }
     let mut c = check_spec(spec)?;
+    let (retries, max_event_age_s) =
+        super::retries::check_spec(spec, Some(&old), st.cfg.min_event_age_s)?;
     let (code_kind, sha, size, filename) = match code {
         Some(code) => store_code(st, &c, code).await?,
         None => {
@@ -477,6 +491,8 @@ pub async fn update(
     f.mode = c.mode;
     f.resources = c.resources;
     f.timeout_ms = c.timeout_ms;
+    f.retries = retries;
+    f.max_event_age_s = max_event_age_s;
     f.version = old.version + 1;
     f.code_sha256 = sha;
     f.code_size = size;

@@ -103,6 +103,7 @@ pub async fn invoke_test(
         callback_url: None,
         created_at_ms: schemas::now_ms(),
         hold: Some(reservation.hold()),
+        retry: Default::default(),
     };
     let waiter = inv_.broker.register(&inv.run_id);
     inv_.writer

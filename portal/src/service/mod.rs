@@ -8,6 +8,7 @@ pub mod auth;
 pub mod functions;
 pub mod invoke;
 pub mod keys;
+pub mod retries;
 pub mod runs;
 
 pub use invoke::invoke_test;

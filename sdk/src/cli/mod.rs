@@ -5,6 +5,7 @@
 
 mod account;
 mod develop;
+mod dlq;
 mod input;
 mod manage;
 mod running;
@@ -155,6 +156,19 @@ enum Cmd {
     Bills,
     /// Pay a bill from the balance.
     Pay { bill_id: String },
+    /// Dead letters: async runs whose last attempt failed, or whose event expired.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCmd {
+    /// List dead letters, newest first.
+    Ls,
+    /// Run a dead letter's args again as a new async run (the function's current version).
+    Redrive { run_id: String },
+    /// Delete a dead letter (the run itself stays).
+    Rm { run_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +275,9 @@ impl Ctx {
             Cmd::Keys(k) => self.keys(k).await,
             Cmd::Bills => self.bills().await,
             Cmd::Pay { bill_id } => self.pay(&bill_id).await,
+            Cmd::Dlq(DlqCmd::Ls) => self.dlq_ls().await,
+            Cmd::Dlq(DlqCmd::Redrive { run_id }) => self.dlq_redrive(&run_id).await,
+            Cmd::Dlq(DlqCmd::Rm { run_id }) => self.dlq_rm(&run_id).await,
         }
     }
 
