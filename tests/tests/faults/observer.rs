@@ -1,7 +1,9 @@
 //! A test consumer bound to the results exchange (routing key `#`) on a durable queue of its
 //! own, reconnecting after every broker fault: it records each result message per run id, so
 //! the suite can count how many times a run was executed to completion (distinct worker and
-//! start time) and how many messages were plain duplicates.
+//! start time) and how many messages were plain duplicates. Results of earlier attempts
+//! (routing key `run.attempt`: a retry or a re-run after a platform failure follows) are not
+//! completions and are left out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,7 +112,10 @@ async fn consume(
             Ok(Some(d)) => d?,
             Ok(None) => anyhow::bail!("the observer's consumer ended"),
         };
-        if let Ok(r) = serde_json::from_slice::<ResultMsg>(&d.data) {
+        // Results of attempts that are retried (or re-run after a platform failure) are not
+        // completions: only a run's final result is.
+        let attempt = d.routing_key.as_str() == schemas::names::RK_RESULT_ATTEMPT;
+        if let (false, Ok(r)) = (attempt, serde_json::from_slice::<ResultMsg>(&d.data)) {
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
             let s = seen.entry(r.run_id).or_default();
             s.messages += 1;
