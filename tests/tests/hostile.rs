@@ -515,6 +515,37 @@ async fn frozen_and_idle_cpu(ctx: &Ctx, function: &str) -> (bool, u64) {
     (freezer.is_frozen(), after.saturating_sub(before))
 }
 
+/// The id of a container of `function_key` on the worker whose function is asleep in it (it
+/// leaves a mark in its /tmp).
+async fn asleep_in(
+    sb: &Sandbox,
+    docker: &bollard::Docker,
+    worker_id: &str,
+    function_key: &str,
+) -> String {
+    eventually(
+        Duration::from_secs(30),
+        "the function sleeps in its container",
+        || async {
+            for id in running_with_label(sb, worker_id, function_key).await {
+                let pid = docker.inspect_container(&id, None).await.ok()?.state?.pid?;
+                if std::path::Path::new(&format!("/proc/{pid}/root/tmp/asleep")).exists() {
+                    return Some(id);
+                }
+            }
+            None
+        },
+    )
+    .await
+}
+
+async fn kill(docker: &bollard::Docker, id: &str) {
+    docker
+        .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_killed_from_outside_fail_unbilled_and_are_not_handed_out() {
     let mut sb = Sandbox::new("killed").await;
@@ -540,31 +571,16 @@ async fn containers_killed_from_outside_fail_unbilled_and_are_not_handed_out() {
     let client = http();
     let lost = || async { metric(w.addr, "colorfaas_worker_idle_containers_lost_total").await };
 
-    // A busy container killed from outside: the run fails as the platform's, unbilled, and
-    // keeps what it printed.
-    let run_id = call_async(&client, gw.addr, &key, &json!({"sleep": 30})).await;
-    run_in(&client, gw.addr, &key, &run_id, Some("running")).await;
-    // Its container, once the function is asleep in it (it leaves a mark in its /tmp).
-    let busy = eventually(
-        Duration::from_secs(30),
-        "the function sleeps in its container",
-        || async {
-            let id = running_with_label(&sb, &worker_id, &function_key)
-                .await
-                .pop()?;
-            let pid = docker.inspect_container(&id, None).await.ok()?.state?.pid?;
-            let asleep = std::path::Path::new(&format!("/proc/{pid}/root/tmp/asleep")).exists();
-            asleep.then_some(id)
-        },
-    )
-    .await;
-    docker
-        .kill_container(
-            &busy,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .unwrap();
+    // A busy container killed from outside, under a sync call: the run fails as the
+    // platform's (503), unbilled, and keeps what it printed.
+    let sync_call = {
+        let (client, key, addr) = (client.clone(), key.clone(), gw.addr);
+        tokio::spawn(async move { call(&client, addr, &key, "slow", &json!({"sleep": 30})).await })
+    };
+    let busy = asleep_in(&sb, &docker, &worker_id, &function_key).await;
+    kill(&docker, &busy).await;
+    let (status, body, run_id) = sync_call.await.unwrap();
+    assert_eq!(status, 503, "{body}");
     let run = run_in(&client, gw.addr, &key, &run_id, None).await;
     assert_eq!(
         (&run["status"], &run["error"]["code"]),
@@ -576,6 +592,28 @@ async fn containers_killed_from_outside_fail_unbilled_and_are_not_handed_out() {
         run["logs"].as_str().unwrap().contains("going to sleep"),
         "{run}"
     );
+    // The same under an async run: it is run again without using up an attempt, and only
+    // the run that finished is billed.
+    let run_id = call_async(&client, gw.addr, &key, &json!({"sleep": 2})).await;
+    let busy = asleep_in(&sb, &docker, &worker_id, &function_key).await;
+    kill(&docker, &busy).await;
+    let run = eventually(Duration::from_secs(60), "the async run ends", || async {
+        let r = run_in(&client, gw.addr, &key, &run_id, None).await;
+        (r["status"] != json!("pending") && r["status"] != json!("running")).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        (&run["status"], &run["result"]),
+        (&json!("succeeded"), &json!("awake")),
+        "{run}"
+    );
+    let attempts = run["attempts"].as_array().expect("attempts");
+    assert_eq!(
+        attempts.len(),
+        1,
+        "a platform failure uses no attempt: {run}"
+    );
+    assert_eq!(run["billed_micros"], attempts[0]["billed_micros"], "{run}");
     let (status, body, _) = call(&client, gw.addr, &key, "slow", &json!({})).await;
     assert_eq!((status, body), (200, json!("awake")));
 
