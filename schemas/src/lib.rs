@@ -184,6 +184,9 @@ pub mod run_error_codes {
     /// The run's container was killed or removed by someone other than its worker (`docker
     /// kill`, `docker rm -f`, a Docker daemon stop) while the run was in it.
     pub const PLATFORM_CONTAINER_LOST: &str = "platform_container_lost";
+    /// A sync call found the function at its `max_concurrency` (not run, not billed; the
+    /// gateway answers 429).
+    pub const CONCURRENCY_LIMIT: &str = "concurrency_limit";
 }
 
 /// Limits shared by the gateway, portal, worker and SDK.
@@ -214,6 +217,10 @@ pub mod limits {
     pub const CODE_BYTES: usize = 20 * 1024 * 1024;
     /// Largest unpacked size of an archive.
     pub const UNPACKED_CODE_BYTES: u64 = 200 * 1024 * 1024;
+    /// Most bytes of `env` and of `secrets`, each counted as the sum of names and values.
+    pub const ENV_BYTES: usize = 4 * 1024;
+    /// Bounds of `max_concurrency` when set.
+    pub const MAX_CONCURRENCY: (u32, u32) = (1, 1000);
 }
 
 /// Longest function name.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{CodeKind, Hold, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{CodeKind, FunctionConfig, Hold, Mode, Resources, RunError, RunStatus, Runtime};
 
 /// The schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -46,6 +46,9 @@ pub struct InvocationMsg {
     /// What accepting it reserved (released by its final record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// The function's env, sealed secrets and concurrency limit.
+    #[serde(default, skip_serializing_if = "FunctionConfig::is_empty")]
+    pub config: FunctionConfig,
 }
 
 impl InvocationMsg {
@@ -120,6 +123,9 @@ pub struct RunningTask {
     pub run_id: String,
     pub user_id: String,
     pub demand: Resources,
+    /// The run's function (a new leader counts running runs per function from these).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub function_id: String,
 }
 
 /// Worker → heartbeats exchange, every second by default.
@@ -179,6 +185,11 @@ mod tests {
                 reserved_micros: 25,
                 sync: true,
             }),
+            config: FunctionConfig {
+                env: [("A".to_owned(), "1".to_owned())].into(),
+                secrets: Default::default(),
+                max_concurrency: Some(2),
+            },
         };
         let s = serde_json::to_vec(&m).unwrap();
         assert_eq!(serde_json::from_slice::<InvocationMsg>(&s).unwrap(), m);
