@@ -108,6 +108,15 @@ impl SecretsKey {
     }
 }
 
+/// Bytes of the value a sealed secret holds (known without the key: the ciphertext is the
+/// value's length plus the nonce and the 16-byte tag); 0 for anything malformed.
+pub fn sealed_len(sealed: &str) -> usize {
+    sealed
+        .strip_prefix(SEALED_PREFIX)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .map_or(0, |raw| raw.len().saturating_sub(NONCE_BYTES + 16))
+}
+
 fn associated(user_id: &str, function_id: &str, name: &str) -> String {
     format!("colorfaas-secret/v1\0{user_id}\0{function_id}\0{name}")
 }
@@ -143,6 +152,7 @@ mod tests {
         assert!(!sealed.contains("s3cr3t"));
         assert_ne!(sealed, k.seal("u", "f", "DB_PASSWORD", "s3cr3t"), "random nonces");
         assert_eq!(k.open("u", "f", "DB_PASSWORD", &sealed).unwrap(), "s3cr3t");
+        assert_eq!(sealed_len(&sealed), 6);
         assert!(k.open("u", "f", "OTHER", &sealed).is_err());
         assert!(k.open("u", "g", "DB_PASSWORD", &sealed).is_err());
         assert!(k.open("v", "f", "DB_PASSWORD", &sealed).is_err());

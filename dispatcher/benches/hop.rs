@@ -40,6 +40,7 @@ fn invocation(n: u64) -> InvocationMsg {
         callback_url: None,
         created_at_ms: schemas::now_ms(),
         hold: None,
+        config: Default::default(),
     }
 }
 

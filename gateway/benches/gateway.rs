@@ -382,6 +382,7 @@ async fn start_platform(
         code_kind: CodeKind::Single,
         created_at_ms: now,
         updated_at_ms: now,
+        config: Default::default(),
     };
     db.collection::<FunctionDoc>(collections::FUNCTIONS)
         .insert_one(&func)
@@ -570,6 +571,7 @@ impl Platform {
             callback_url: None,
             created_at_ms: schemas::now_ms(),
             hold: None,
+            config: Default::default(),
         }
     }
 }

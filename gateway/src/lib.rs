@@ -405,6 +405,7 @@ impl State {
             callback_url,
             created_at_ms: schemas::now_ms(),
             hold: Some(reservation.hold()),
+            config: func.config.clone(),
         };
         match mode {
             Mode::Sync => self.invoke_sync(inv, reservation).await,

@@ -169,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             code_kind: CodeKind::Single,
             created_at_ms: now,
             updated_at_ms: now,
+            config: Default::default(),
         })
         .collect();
     if !functions.is_empty() {

@@ -96,6 +96,8 @@ pub struct Config {
     /// Limits of uploaded code packages (`PORTAL_MAX_UNPACKED_BYTES`,
     /// `PORTAL_MAX_PACKAGE_ENTRIES`; the code itself is at most 20 MiB).
     pub upload_limits: crate::upload::Limits,
+    /// Seals functions' secrets (`COLORFAAS_SECRETS_KEY`); `None`: secrets cannot be set (503).
+    pub secrets_key: Option<common::secrets::SecretsKey>,
 }
 
 fn duration(
@@ -250,6 +252,7 @@ impl Config {
             ));
         }
         Ok(Config {
+            secrets_key: common::secrets::SecretsKey::from_env(env)?,
             signup_per_hour: non_zero(
                 env,
                 flags.signup_per_hour.as_deref(),

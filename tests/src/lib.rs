@@ -192,6 +192,7 @@ impl Sandbox {
             callback_url: None,
             created_at_ms: schemas::now_ms(),
             hold: None,
+            config: Default::default(),
         }
     }
 
@@ -650,6 +651,7 @@ impl Sandbox {
             code_kind: CodeKind::Single,
             created_at_ms: now,
             updated_at_ms: now,
+            config: Default::default(),
         }
     }
 

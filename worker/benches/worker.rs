@@ -61,6 +61,7 @@ impl Bench {
             callback_url: None,
             created_at_ms: schemas::now_ms(),
             hold: None,
+            config: Default::default(),
         }
     }
 

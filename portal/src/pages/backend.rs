@@ -325,6 +325,10 @@ fn spec_of(i: &FunctionInput) -> service::functions::FunctionSpec {
             disk_mb: Some(i.resources.disk_mb),
         },
         timeout_ms: Some(i.timeout_ms),
+        // Omitted: an edit from the pages keeps the stored env, secrets and limit.
+        env: None,
+        secrets: None,
+        max_concurrency: None,
     }
 }
 

@@ -103,6 +103,7 @@ pub async fn invoke_test(
         callback_url: None,
         created_at_ms: schemas::now_ms(),
         hold: Some(reservation.hold()),
+        config: func.config.clone(),
     };
     let waiter = inv_.broker.register(&inv.run_id);
     inv_.writer

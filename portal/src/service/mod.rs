@@ -5,6 +5,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod fnconfig;
 pub mod functions;
 pub mod invoke;
 pub mod keys;
