@@ -902,6 +902,7 @@ async fn floor(p: &Platform, n: usize) -> Histogram<u64> {
         function: "noop",
         version: 1,
         code_dir: &code_dir,
+        env: &Default::default(),
     })
     .await
     .unwrap();

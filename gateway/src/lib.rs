@@ -267,7 +267,12 @@ pub fn sync_response(o: Outcome) -> Result<Response, GatewayError> {
         }
         RunStatus::Failed => {
             let e = err(&o, schemas::run_error_codes::FUNCTION_ERROR);
-            if e.is_platform() {
+            if e.code == schemas::run_error_codes::CONCURRENCY_LIMIT {
+                Err(GatewayError::ConcurrencyLimit {
+                    run_id: o.run_id,
+                    message: e.message,
+                })
+            } else if e.is_platform() {
                 Err(GatewayError::PlatformFailed {
                     run_id: o.run_id,
                     code: e.code,

@@ -424,6 +424,7 @@ async fn main() {
         function: "noop",
         version: 1,
         code_dir: &code_dir,
+        env: &Default::default(),
     })
     .await
     .unwrap();
