@@ -150,7 +150,11 @@ mod tests {
         let k = SecretsKey::from_hex(K1).unwrap();
         let sealed = k.seal("u", "f", "DB_PASSWORD", "s3cr3t");
         assert!(!sealed.contains("s3cr3t"));
-        assert_ne!(sealed, k.seal("u", "f", "DB_PASSWORD", "s3cr3t"), "random nonces");
+        assert_ne!(
+            sealed,
+            k.seal("u", "f", "DB_PASSWORD", "s3cr3t"),
+            "random nonces"
+        );
         assert_eq!(k.open("u", "f", "DB_PASSWORD", &sealed).unwrap(), "s3cr3t");
         assert_eq!(sealed_len(&sealed), 6);
         assert!(k.open("u", "f", "OTHER", &sealed).is_err());

@@ -176,7 +176,9 @@ impl Limiter {
 
     /// Runs of `function_id` waiting for a slot.
     pub fn parked(&self, function_id: &str) -> usize {
-        self.functions.get(function_id).map_or(0, |f| f.parked.len())
+        self.functions
+            .get(function_id)
+            .map_or(0, |f| f.parked.len())
     }
 
     fn unpark(&mut self, function_id: &str) -> Vec<String> {

@@ -115,7 +115,10 @@ pub fn check(
                 return Ok(());
             };
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-                problem(None, "the python3 compiler could not check this module".into())
+                problem(
+                    None,
+                    "the python3 compiler could not check this module".into(),
+                )
             })?;
             match v.get("reason").and_then(|r| r.as_str()) {
                 None => Ok(()),
@@ -248,28 +251,52 @@ mod tests {
         assert_eq!(py("return 1\n", "handle").unwrap_err().line, Some(1));
         // Bound in other ways, or behind a star import: accepted.
         assert!(py("from json import dumps as handle\n", "handle").is_ok());
-        assert!(py("try:\n    import x\nexcept ImportError:\n    handle = print\n", "handle").is_ok());
+        assert!(py(
+            "try:\n    import x\nexcept ImportError:\n    handle = print\n",
+            "handle"
+        )
+        .is_ok());
         assert!(py("from helpers import *\n", "handle").is_ok());
         // Never run: a module that would exit or loop when imported is only parsed.
-        assert!(py("import os\nos._exit(3)\nwhile True: pass\ndef handle(e, c): pass\n", "handle").is_ok());
+        assert!(py(
+            "import os\nos._exit(3)\nwhile True: pass\ndef handle(e, c): pass\n",
+            "handle"
+        )
+        .is_ok());
         assert!(py(&"(".repeat(100_000), "handle").is_err());
     }
 
     #[test]
     fn node_parse_errors_name_the_line() {
-        let ok = check(Runtime::Node, "main.js", b"exports.handle = (e) => e;\n", "handle");
+        let ok = check(
+            Runtime::Node,
+            "main.js",
+            b"exports.handle = (e) => e;\n",
+            "handle",
+        );
         assert_eq!(ok, Ok(()));
-        let e = check(Runtime::Node, "main.js", b"const a = 1;\nexports.handle = (e => e;\n", "handle")
-            .unwrap_err();
+        let e = check(
+            Runtime::Node,
+            "main.js",
+            b"const a = 1;\nexports.handle = (e => e;\n",
+            "handle",
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(2), "{e:?}");
         assert!(e.reason.contains("SyntaxError"), "{e:?}");
-        let esm = check(Runtime::Node, "m.mjs", b"export function handle(e) { return e; }\n", "handle");
+        let esm = check(
+            Runtime::Node,
+            "m.mjs",
+            b"export function handle(e) { return e; }\n",
+            "handle",
+        );
         assert_eq!(esm, Ok(()));
     }
 
     #[test]
     fn node_stderr_is_read() {
-        let (line, reason) = node_error("[stdin]:7\nfoo(\n   ^\n\nSyntaxError: Unexpected end of input\n    at x");
+        let (line, reason) =
+            node_error("[stdin]:7\nfoo(\n   ^\n\nSyntaxError: Unexpected end of input\n    at x");
         assert_eq!(line, Some(7));
         assert_eq!(reason, "SyntaxError: Unexpected end of input");
     }

@@ -105,7 +105,17 @@ mod tests {
         for ok in ["A", "_", "LOG_LEVEL", "A1_B2", &"A".repeat(64)] {
             assert!(valid_env_name(ok), "{ok}");
         }
-        for bad in ["", "a", "1A", "A-B", "A B", "É", "COLORFAAS_X", "COLORFAAS_", &"A".repeat(65)] {
+        for bad in [
+            "",
+            "a",
+            "1A",
+            "A-B",
+            "A B",
+            "É",
+            "COLORFAAS_X",
+            "COLORFAAS_",
+            &"A".repeat(65),
+        ] {
             assert!(!valid_env_name(bad), "{bad}");
         }
         assert!(valid_env_name("COLORFAAS"));

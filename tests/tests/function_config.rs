@@ -30,7 +30,9 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = buf.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,lapin=info,mongodb=info,hyper=info,bollard=info,warp=info,reqwest=info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,lapin=info,mongodb=info,hyper=info,bollard=info,warp=info,reqwest=info",
+            ))
             .with_ansi(false)
             .with_writer(move || LogWriter(sink.clone()))
             .try_init();
@@ -91,7 +93,12 @@ impl Api {
     }
 
     /// Status and body text (scanned for secrets by the callers).
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, String) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, String) {
         let mut rb = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -103,7 +110,12 @@ impl Api {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    async fn json(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+    async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let (s, text) = self.send(method, path, body).await;
         assert!(!text.contains(SECRET), "a secret in an API answer: {text}");
         (s, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -152,7 +164,11 @@ fn sha256_hex(s: &str) -> String {
 /// Every document of every collection of the sandbox's database, as text.
 async fn database_text(sb: &Sandbox) -> String {
     let mut out = String::new();
-    for c in [collections::FUNCTIONS, collections::FUNCTION_VERSIONS, collections::RUNS] {
+    for c in [
+        collections::FUNCTIONS,
+        collections::FUNCTION_VERSIONS,
+        collections::RUNS,
+    ] {
         let mut cur = sb
             .db
             .collection::<bson::Document>(c)
@@ -170,9 +186,7 @@ async fn database_text(sb: &Sandbox) -> String {
 async fn env_and_secrets_rows_and_never_in_clear() {
     let logs = captured_logs();
     let mut sb = Sandbox::new("cfg-rows").await;
-    let portal = sb
-        .start_portal(&[("COLORFAAS_SECRETS_KEY", KEY)])
-        .await;
+    let portal = sb.start_portal(&[("COLORFAAS_SECRETS_KEY", KEY)]).await;
     let a = Api::new_user(&portal).await;
     let base = spec("envy", "python3", "main.py", "main.handle", PY_ENV);
 
@@ -194,7 +208,11 @@ async fn env_and_secrets_rows_and_never_in_clear() {
     }
     for bad in [json!(0), json!(-2), json!("2"), json!(1001)] {
         let s = with(base.clone(), "max_concurrency", bad);
-        assert_invalid(a.post("/functions", &s).await, "invalid_request", "max_concurrency");
+        assert_invalid(
+            a.post("/functions", &s).await,
+            "invalid_request",
+            "max_concurrency",
+        );
     }
     let both = with(
         with(base.clone(), "env", json!({"TOKEN": "a"})),
@@ -204,7 +222,11 @@ async fn env_and_secrets_rows_and_never_in_clear() {
     assert_invalid(a.post("/functions", &both).await, "invalid_request", "env");
 
     // Created: env and secret names shown, the value never.
-    let mut s = with(base.clone(), "env", json!({"GREETING": "hello", "LOG_LEVEL": "debug"}));
+    let mut s = with(
+        base.clone(),
+        "env",
+        json!({"GREETING": "hello", "LOG_LEVEL": "debug"}),
+    );
     s["secrets"] = json!({"DB_PASSWORD": SECRET, "API_TOKEN": "tok-123456"});
     s["max_concurrency"] = json!(3);
     let (st, v) = a.post("/functions", &s).await;
@@ -223,7 +245,11 @@ async fn env_and_secrets_rows_and_never_in_clear() {
     let (st, v) = a.put("/functions/envy", &base).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(
-        (v["version"].as_u64(), &v["secret_names"], v["max_concurrency"].as_u64()),
+        (
+            v["version"].as_u64(),
+            &v["secret_names"],
+            v["max_concurrency"].as_u64()
+        ),
         (Some(2), &json!(["API_TOKEN", "DB_PASSWORD"]), Some(3))
     );
     assert_eq!(v["env"]["GREETING"], "hello");
@@ -233,10 +259,16 @@ async fn env_and_secrets_rows_and_never_in_clear() {
     let (st, v) = a.put("/functions/envy", &p).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["secret_names"], json!(["DB_PASSWORD"]));
-    assert_eq!((&v["env"], &v["max_concurrency"]), (&json!({}), &Value::Null));
+    assert_eq!(
+        (&v["env"], &v["max_concurrency"]),
+        (&json!({}), &Value::Null)
+    );
     assert_invalid(
-        a.put("/functions/envy", &with(base.clone(), "secrets", json!({"X": 5})))
-            .await,
+        a.put(
+            "/functions/envy",
+            &with(base.clone(), "secrets", json!({"X": 5})),
+        )
+        .await,
         "invalid_request",
         "secrets",
     );
@@ -245,9 +277,20 @@ async fn env_and_secrets_rows_and_never_in_clear() {
     let keyless = sb.start_portal(&[]).await;
     let k = Api::new_user(&keyless).await;
     let (st, v) = k
-        .post("/functions", &with(spec("nokey", "python3", "main.py", "main.handle", PY_ENV), "secrets", json!({"DB_PASSWORD": SECRET})))
+        .post(
+            "/functions",
+            &with(
+                spec("nokey", "python3", "main.py", "main.handle", PY_ENV),
+                "secrets",
+                json!({"DB_PASSWORD": SECRET}),
+            ),
+        )
         .await;
-    assert_eq!((st, v["error"]["code"].as_str()), (503, Some("unavailable")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{v}"
+    );
 
     // The function page shows the names, never the value.
     let page = reqwest::Client::new()
@@ -294,7 +337,13 @@ async fn start_all(name: &str) -> (Sandbox, Vec<Component>, Api, String, String)
     (sb, vec![w, d, gw, portal], a, api_key, gw_url)
 }
 
-async fn invoke(http: &reqwest::Client, gw: &str, key: &str, f: &str, mode: &str) -> reqwest::Response {
+async fn invoke(
+    http: &reqwest::Client,
+    gw: &str,
+    key: &str,
+    f: &str,
+    mode: &str,
+) -> reqwest::Response {
     http.post(format!("{gw}/v1/invoke/{f}"))
         .bearer_auth(key)
         .header("x-invocation-type", mode)
@@ -334,7 +383,20 @@ async fn handlers_read_env_and_secrets() {
     }
     // A new version without the secret: its containers do not have it (none reused).
     let (st, v) = a
-        .put("/functions/py-env", &with(spec("py-env", "python3", "main.py", "main.handle", "import os\ndef handle(e, c):\n    return os.environ.get('DB_PASSWORD')\n"), "secrets", json!({"DB_PASSWORD": null})))
+        .put(
+            "/functions/py-env",
+            &with(
+                spec(
+                    "py-env",
+                    "python3",
+                    "main.py",
+                    "main.handle",
+                    "import os\ndef handle(e, c):\n    return os.environ.get('DB_PASSWORD')\n",
+                ),
+                "secrets",
+                json!({"DB_PASSWORD": null}),
+            ),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let v: Value = eventually(Duration::from_secs(30), "the new version serves", || {
@@ -392,8 +454,13 @@ async fn max_overlap(sb: &Sandbox, function: &str) -> (usize, usize) {
 async fn max_concurrency_refuses_sync_and_queues_async() {
     let _ = captured_logs();
     let (sb, _c, a, key, gw) = start_all("cfg-conc").await;
-    let sleepy = "import time\ndef handle(event, context):\n    time.sleep(1.5)\n    return 'done'\n";
-    let s = with(spec("slow", "python3", "main.py", "main.handle", sleepy), "max_concurrency", json!(2));
+    let sleepy =
+        "import time\ndef handle(event, context):\n    time.sleep(1.5)\n    return 'done'\n";
+    let s = with(
+        spec("slow", "python3", "main.py", "main.handle", sleepy),
+        "max_concurrency",
+        json!(2),
+    );
     let (st, v) = a.post("/functions", &s).await;
     assert_eq!(st, 201, "{v}");
 
@@ -407,7 +474,10 @@ async fn max_concurrency_refuses_sync_and_queues_async() {
         tokio::spawn(async move {
             let r = invoke(&http, &gw, &key, "slow", "sync").await;
             let status = r.status().as_u16();
-            let retry = r.headers().get("retry-after").map(|h| h.to_str().unwrap().to_owned());
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|h| h.to_str().unwrap().to_owned());
             let v: Value = r.json().await.unwrap_or(Value::Null);
             (status, retry, v)
         })
@@ -423,7 +493,10 @@ async fn max_concurrency_refuses_sync_and_queues_async() {
     assert!(ok >= 2 && !limited.is_empty(), "{answers:?}");
     for (_, retry, v) in &limited {
         assert_eq!(v["error"]["code"], "concurrency_limit", "{v}");
-        assert!(retry.as_deref().and_then(|r| r.parse::<u64>().ok()).is_some_and(|n| n >= 1));
+        assert!(retry
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1));
     }
     let (most, ran) = max_overlap(&sb, "slow").await;
     assert_eq!(ran, ok);
@@ -435,10 +508,14 @@ async fn max_concurrency_refuses_sync_and_queues_async() {
         let r = invoke(&http, &gw, &key, "slow", "async").await;
         assert_eq!(r.status(), 202);
     }
-    eventually(Duration::from_secs(60), "the async batch completes", || async {
-        let (_, ran) = max_overlap(&sb, "slow").await;
-        (ran == before + 6).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the async batch completes",
+        || async {
+            let (_, ran) = max_overlap(&sb, "slow").await;
+            (ran == before + 6).then_some(())
+        },
+    )
     .await;
     let (most, _) = max_overlap(&sb, "slow").await;
     assert!(most <= 2, "{most} runs at once on the worker");
@@ -467,7 +544,11 @@ async fn uploads_are_checked_without_running_them() {
     // A python syntax error names the file and line.
     let broken = "def handle(event, context):\n    return {'a': 1\n\nx = 2\n";
     check(
-        a.post("/functions", &spec("broken", "python3", "main.py", "main.handle", broken)).await,
+        a.post(
+            "/functions",
+            &spec("broken", "python3", "main.py", "main.handle", broken),
+        )
+        .await,
         "main.py",
         Some(2),
         "",
@@ -475,14 +556,19 @@ async fn uploads_are_checked_without_running_them() {
     // No handler function in the module (and a module that would crash if imported is only read).
     let no_handle = "import sys\nsys.exit(3)\ndef other(event, context):\n    return 1\n";
     check(
-        a.post("/functions", &spec("nohandle", "python3", "main.py", "main.handle", no_handle)).await,
+        a.post(
+            "/functions",
+            &spec("nohandle", "python3", "main.py", "main.handle", no_handle),
+        )
+        .await,
         "main.py",
         None,
         "'handle'",
     );
     // Inside a package: the handler's module is checked.
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    zip.start_file("pkg/mod.py", zip::write::SimpleFileOptions::default()).unwrap();
+    zip.start_file("pkg/mod.py", zip::write::SimpleFileOptions::default())
+        .unwrap();
     zip.write_all(b"def handle(e, c):\n  return (\n").unwrap();
     let bytes = zip.finish().unwrap().into_inner();
     let pkg = json!({"name": "zipped", "runtime": "python3", "handler": "pkg.mod.handle", "code_base64": b64(&bytes)});
@@ -490,7 +576,11 @@ async fn uploads_are_checked_without_running_them() {
     // A node parse error.
     let js = "const a = 1;\nexports.handle = (e => e;\n";
     check(
-        a.post("/functions", &spec("badjs", "node", "main.js", "main.handle", js)).await,
+        a.post(
+            "/functions",
+            &spec("badjs", "node", "main.js", "main.handle", js),
+        )
+        .await,
         "main.js",
         Some(2),
         "SyntaxError",
@@ -503,11 +593,24 @@ async fn uploads_are_checked_without_running_them() {
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["handler"], "adder.handle");
     let (st, v) = a
-        .post("/functions", &spec("adder2", "python3", "adder.py", "main.handle", adder))
+        .post(
+            "/functions",
+            &spec("adder2", "python3", "adder.py", "main.handle", adder),
+        )
         .await;
-    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("handler")), "{v}");
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("handler")),
+        "{v}"
+    );
     let good_js = "exports.handle = (e) => e;\n";
-    let (st, v) = a.post("/functions", &spec("echo", "node", "echo.js", "", good_js)).await;
-    assert_eq!((st, v["handler"].as_str()), (201, Some("echo.handle")), "{v}");
+    let (st, v) = a
+        .post("/functions", &spec("echo", "node", "echo.js", "", good_js))
+        .await;
+    assert_eq!(
+        (st, v["handler"].as_str()),
+        (201, Some("echo.handle")),
+        "{v}"
+    );
     sb.cleanup().await;
 }

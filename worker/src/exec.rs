@@ -521,7 +521,10 @@ pub(crate) async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) ->
 async fn timed_phase(
     c: &mut Container,
     inv: &InvocationMsg,
-    (code_dir, env): (&std::path::Path, &std::collections::BTreeMap<String, String>),
+    (code_dir, env): (
+        &std::path::Path,
+        &std::collections::BTreeMap<String, String>,
+    ),
     needs_init: bool,
     deadline_ms: i64,
 ) -> Result<(AgentResponse, u64), CallError> {

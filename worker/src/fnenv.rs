@@ -73,7 +73,11 @@ mod tests {
     fn env_and_opened_secrets() {
         let k = SecretsKey::from_hex(&"11".repeat(32)).unwrap();
         let mut i = inv();
-        assert_eq!(function_env(None, &i).unwrap().len(), 1, "reserved names dropped");
+        assert_eq!(
+            function_env(None, &i).unwrap().len(),
+            1,
+            "reserved names dropped"
+        );
         i.config
             .secrets
             .insert("S".into(), k.seal("u", "f", "S", "shh"));

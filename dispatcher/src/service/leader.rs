@@ -284,7 +284,13 @@ impl Dispatcher {
 
     /// Ends a run that never ran (not billed): stored final, then told to the caller and the
     /// results exchange.
-    pub(super) async fn end_unrun(&self, inv: &InvocationMsg, code: &str, message: &str, epoch: u64) {
+    pub(super) async fn end_unrun(
+        &self,
+        inv: &InvocationMsg,
+        code: &str,
+        message: &str,
+        epoch: u64,
+    ) {
         let r = ResultMsg {
             v: MESSAGE_VERSION,
             run_id: inv.run_id.clone(),

@@ -228,7 +228,12 @@ mod tests {
             json!({"env": ["A"]}),
             json!({"env": {"A": "x".repeat(ENV_BYTES)}}),
         ] {
-            let r = merge(&FunctionConfig::default(), &input(bad.clone()), Some(&k), OWNER);
+            let r = merge(
+                &FunctionConfig::default(),
+                &input(bad.clone()),
+                Some(&k),
+                OWNER,
+            );
             assert_eq!(field_of(r), "env", "{bad}");
         }
         let exact = json!({"env": {"A": "x".repeat(ENV_BYTES - 1)}});
@@ -274,13 +279,25 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert_eq!(e.field(), Some("secrets"));
         let big = json!({"secrets": {"BIG": "x".repeat(ENV_BYTES)}});
-        assert_eq!(field_of(merge(&first, &input(big), Some(&k), OWNER)), "secrets");
+        assert_eq!(
+            field_of(merge(&first, &input(big), Some(&k), OWNER)),
+            "secrets"
+        );
         let both = json!({"env": {"TOKEN": "x"}});
-        assert_eq!(field_of(merge(&first, &input(both), Some(&k), OWNER)), "env");
+        assert_eq!(
+            field_of(merge(&first, &input(both), Some(&k), OWNER)),
+            "env"
+        );
         // No key configured: setting one is refused, keeping and removing still work.
         let none = merge(&first, &input(json!({"secrets": {"X": "y"}})), None, OWNER);
         assert!(matches!(none, Err(PortalError::Unavailable(_))));
-        assert!(merge(&first, &input(json!({"secrets": {"TOKEN": null}})), None, OWNER).is_ok());
+        assert!(merge(
+            &first,
+            &input(json!({"secrets": {"TOKEN": null}})),
+            None,
+            OWNER
+        )
+        .is_ok());
     }
 
     #[test]
@@ -300,10 +317,20 @@ mod tests {
                 .max_concurrency,
             Some(2)
         );
-        let lifted = merge(&set, &input(json!({"max_concurrency": null})), Some(&k), OWNER);
+        let lifted = merge(
+            &set,
+            &input(json!({"max_concurrency": null})),
+            Some(&k),
+            OWNER,
+        );
         assert_eq!(lifted.unwrap().max_concurrency, None);
         for bad in [json!(0), json!(-1), json!(1.5), json!("2"), json!(1001)] {
-            let r = merge(&set, &input(json!({ "max_concurrency": bad })), Some(&k), OWNER);
+            let r = merge(
+                &set,
+                &input(json!({ "max_concurrency": bad })),
+                Some(&k),
+                OWNER,
+            );
             assert_eq!(field_of(r), "max_concurrency", "{bad}");
         }
     }

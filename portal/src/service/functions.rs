@@ -100,13 +100,21 @@ pub struct FunctionSpec {
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Plain variables (`None` when absent: an update keeps the stored ones).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env: Option<Value>,
     /// Write-only secrets: never serialized back.
     #[serde(default, deserialize_with = "present", skip_serializing)]
     pub secrets: Option<Value>,
     /// `None` when absent; `Some(Value::Null)` lifts the limit.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_concurrency: Option<Value>,
 }
 
