@@ -72,6 +72,8 @@ pub fn manifest(name: &str, runtime: Runtime) -> Manifest {
         mode: Mode::Sync.as_str().to_owned(),
         resources: Resources::default(),
         timeout_ms: DEFAULT_TIMEOUT_MS,
+        env: Default::default(),
+        max_concurrency: None,
         ignore: Vec::new(),
     }
 }
