@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod codestore;
 pub mod config;
 pub mod error_body;
+pub mod fnmetrics;
 pub mod metrics;
 pub mod mongo;
 pub mod ops;

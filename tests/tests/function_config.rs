@@ -521,6 +521,79 @@ async fn max_concurrency_refuses_sync_and_queues_async() {
     assert!(most <= 2, "{most} runs at once on the worker");
     // The limiter did queue them (6 runs of 1.5 s, 2 at a time): some overlapped.
     assert_eq!(most, 2);
+    eprintln!(
+        "max_concurrency 2: 20 sync calls → {ok} ran, {} answered 429; 6 async ran at most {most} at once",
+        limited.len()
+    );
+
+    // The metric buckets counted every finished run (throttled ones apart), per window.
+    let want = (20 + 6) as u64;
+    for window in ["1h", "24h", "7d"] {
+        let got = eventually(
+            Duration::from_secs(20),
+            "the buckets count every run",
+            || {
+                let a = &a;
+                async move {
+                    let (s, v) = a
+                        .get(&format!("/functions/slow/metrics?window={window}"))
+                        .await;
+                    assert_eq!(s, 200, "{v}");
+                    let sum = |k: &str| {
+                        v["buckets"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|b| b[k].as_u64().unwrap())
+                            .sum::<u64>()
+                    };
+                    (sum("invocations") == want).then(|| {
+                        (
+                            v.clone(),
+                            sum("succeeded"),
+                            sum("throttled"),
+                            sum("cold_starts"),
+                        )
+                    })
+                }
+            },
+        )
+        .await;
+        let (v, succeeded, throttled, cold) = got;
+        assert_eq!(v["window"], window);
+        let n = v["buckets"].as_array().unwrap().len();
+        assert_eq!(
+            n,
+            [60, 24, 168][["1h", "24h", "7d"]
+                .iter()
+                .position(|w| *w == window)
+                .unwrap()]
+        );
+        assert_eq!(
+            (succeeded, throttled),
+            ((ok + 6) as u64, limited.len() as u64),
+            "{v}"
+        );
+        assert!(cold >= 2, "{v}");
+        let p50s: Vec<u64> = v["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["duration_ms_p50"].as_u64())
+            .collect();
+        assert!(
+            !p50s.is_empty() && p50s.iter().all(|p| (1_500..=5_000).contains(p)),
+            "{v}"
+        );
+    }
+    let (s, v) = a.get("/functions/slow/metrics?window=2h").await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("window")),
+        "{v}"
+    );
+    let (s, _) = a.get("/functions/nope/metrics").await;
+    assert_eq!(s, 404);
     sb.cleanup().await;
 }
 

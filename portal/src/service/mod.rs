@@ -9,6 +9,7 @@ pub mod fnconfig;
 pub mod functions;
 pub mod invoke;
 pub mod keys;
+pub mod metrics;
 pub mod runs;
 
 pub use invoke::invoke_test;
