@@ -301,7 +301,7 @@ async fn env_and_secrets_rows_and_never_in_clear() {
         .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("envy") && !html.contains(SECRET));
+    assert!(html.contains("envy") && html.contains("DB_PASSWORD") && !html.contains(SECRET));
 
     // The database holds the secret sealed only; the logs never saw it.
     let db = database_text(&sb).await;
@@ -586,6 +586,24 @@ async fn max_concurrency_refuses_sync_and_queues_async() {
             "{v}"
         );
     }
+    // The function page charts them, server-rendered.
+    let page = reqwest::Client::new()
+        .get(format!(
+            "{}/functions/slow",
+            a.base.trim_end_matches("/api/v1")
+        ))
+        .header("cookie", format!("cf_session={}", a.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"charts\"") && html.matches("<svg").count() >= 3);
+    assert!(
+        html.contains(&format!("<title>{want}</title>")),
+        "the bar of the last hour"
+    );
+    assert!(html.contains(&format!("{} not succeeded", limited.len())));
     let (s, v) = a.get("/functions/slow/metrics?window=2h").await;
     assert_eq!(
         (s, v["error"]["field"].as_str()),

@@ -15,6 +15,7 @@
 mod account;
 mod auth;
 mod backend;
+mod charts;
 pub mod data;
 pub mod fmt;
 mod functions;
