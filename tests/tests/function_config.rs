@@ -705,3 +705,57 @@ async fn uploads_are_checked_without_running_them() {
     );
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_counts_running_runs_from_heartbeats() {
+    let _ = captured_logs();
+    let (mut sb, mut c, a, key, gw) = start_all("cfg-failover").await;
+    let standby = sb.start_dispatcher(&[]).await;
+    let sleepy = "import time\ndef handle(event, context):\n    time.sleep(6)\n    return 'done'\n";
+    let s = with(
+        spec("one", "python3", "main.py", "main.handle", sleepy),
+        "max_concurrency",
+        json!(1),
+    );
+    let (st, v) = a.post("/functions", &s).await;
+    assert_eq!(st, 201, "{v}");
+    let http = reqwest::Client::new();
+    // One run in progress under the first leader.
+    let first = {
+        let (http, gw, key) = (http.clone(), gw.clone(), key.clone());
+        tokio::spawn(async move {
+            invoke(&http, &gw, &key, "one", "sync")
+                .await
+                .status()
+                .as_u16()
+        })
+    };
+    eventually(Duration::from_secs(20), "the first run runs", || async {
+        let (_, runs) = a.get("/runs?function=one").await;
+        (runs[0]["status"] == "running").then_some(())
+    })
+    .await;
+    // The leader goes; the standby leads, knowing only what the workers' heartbeats say.
+    let leader = c.remove(1);
+    leader.stop().await.unwrap();
+    let queue = sb.names.invocations_queue();
+    eventually(Duration::from_secs(30), "the standby leads", || async {
+        (sb.queue_info(&queue).await?.consumer_count() > 0).then_some(())
+    })
+    .await;
+    let r = invoke(&http, &gw, &key, "one", "sync").await;
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let first_status = first.await.unwrap();
+    assert_eq!(first_status, 200);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("concurrency_limit")),
+        "{v}"
+    );
+    // Once it is done, the function takes calls again.
+    let r = invoke(&http, &gw, &key, "one", "sync").await;
+    assert_eq!(r.status(), 200);
+    standby.stop().await.unwrap();
+    sb.cleanup().await;
+}
