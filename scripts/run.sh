@@ -16,6 +16,15 @@ export ZK_CONNECT="${ZK_CONNECT:-127.0.0.1:2181}"
 export PORTAL_ADDR="${PORTAL_ADDR:-127.0.0.1:8080}"
 export GATEWAY_ADDR="${GATEWAY_ADDR:-127.0.0.1:8081}"
 BIN="$ROOT/target/release"
+mkdir -p "$STATE"
+# Functions' secrets are sealed with this key (portal) and opened with it (workers).
+if [ -z "${COLORFAAS_SECRETS_KEY:-}" ]; then
+  if [ ! -s "$STATE/secrets.key" ]; then
+    (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$STATE/secrets.key")
+  fi
+  COLORFAAS_SECRETS_KEY="$(cat "$STATE/secrets.key")"
+  export COLORFAAS_SECRETS_KEY
+fi
 pids=()
 
 # Runs one component and restarts it whenever it exits (a component exits non-zero when it

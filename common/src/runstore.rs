@@ -245,6 +245,16 @@ async fn run(
             tracing::info!(writes = batch.len(), "run records are stored again");
         }
         let settle_batch = (!spent.is_empty()).then_some(settle_id);
+        // Per-function metric buckets, off the writer's path (counts commute).
+        let metrics = crate::fnmetrics::updates(&batch, &refused);
+        if !metrics.is_empty() {
+            let db = db.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::fnmetrics::record(&db, metrics).await {
+                    tracing::warn!(error = %format!("{e:#}"), "counting finished runs in the metric buckets failed");
+                }
+            });
+        }
         batch.clear();
         // The records are stored: whoever waits on a write may go on while the money is
         // settled; a flush waits for the settlement too.
@@ -706,6 +716,7 @@ mod tests {
             created_at_ms: 1,
             hold: None,
             retry: Default::default(),
+            config: Default::default(),
         });
         d.status = status;
         d.finished_at_ms = Some(5);

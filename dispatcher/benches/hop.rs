@@ -41,6 +41,7 @@ fn invocation(n: u64) -> InvocationMsg {
         created_at_ms: schemas::now_ms(),
         hold: None,
         retry: Default::default(),
+        config: Default::default(),
     }
 }
 

@@ -384,6 +384,7 @@ async fn start_platform(
         updated_at_ms: now,
         retries: 0,
         max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
+        config: Default::default(),
     };
     db.collection::<FunctionDoc>(collections::FUNCTIONS)
         .insert_one(&func)
@@ -573,6 +574,7 @@ impl Platform {
             created_at_ms: schemas::now_ms(),
             hold: None,
             retry: Default::default(),
+            config: Default::default(),
         }
     }
 }
@@ -903,6 +905,7 @@ async fn floor(p: &Platform, n: usize) -> Histogram<u64> {
         function: "noop",
         version: 1,
         code_dir: &code_dir,
+        env: &Default::default(),
     })
     .await
     .unwrap();

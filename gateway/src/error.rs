@@ -42,6 +42,10 @@ pub enum GatewayError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The function already runs its `max_concurrency` invocations (the leader refused this
+    /// sync call without running it).
+    #[error("{message}")]
+    ConcurrencyLimit { run_id: String, message: String },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("the gateway has too many calls in flight")]
@@ -119,6 +123,11 @@ pub fn api_error(e: &GatewayError) -> ApiError {
             return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "user_limit", msg)
                 .with_retry_after((*retry_after_secs).max(1));
         }
+        G::ConcurrencyLimit { run_id, .. } => {
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, codes::CONCURRENCY_LIMIT, msg)
+                .with_retry_after(CONCURRENCY_RETRY_SECS)
+                .with_run_id(run_id.clone());
+        }
         G::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         G::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
         G::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -146,6 +155,10 @@ pub fn api_error(e: &GatewayError) -> ApiError {
     };
     ApiError::new(status, code, msg)
 }
+
+/// How long a caller over a function's `max_concurrency` is asked to wait: a slot frees when
+/// one of its runs ends.
+pub const CONCURRENCY_RETRY_SECS: u64 = 1;
 
 /// How long a caller over a per-user limit is asked to wait: runs end within seconds to
 /// minutes, and a retry costs one conditional update.
@@ -236,6 +249,14 @@ mod tests {
                 },
                 429,
                 "user_limit",
+            ),
+            (
+                G::ConcurrencyLimit {
+                    run_id: "r".into(),
+                    message: "busy".into(),
+                },
+                429,
+                "concurrency_limit",
             ),
             (G::ShuttingDown, 503, "shutting_down"),
             (G::NoCapacity, 503, "no_capacity"),

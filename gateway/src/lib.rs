@@ -290,7 +290,12 @@ pub fn sync_response(o: Outcome) -> Result<Response, GatewayError> {
         }
         RunStatus::Failed => {
             let e = err(&o, schemas::run_error_codes::FUNCTION_ERROR);
-            if e.is_platform() {
+            if e.code == schemas::run_error_codes::CONCURRENCY_LIMIT {
+                Err(GatewayError::ConcurrencyLimit {
+                    run_id: o.run_id,
+                    message: e.message,
+                })
+            } else if e.is_platform() {
                 Err(GatewayError::PlatformFailed {
                     run_id: o.run_id,
                     code: e.code,
@@ -429,6 +434,7 @@ impl State {
             created_at_ms: schemas::now_ms(),
             hold: Some(reservation.hold()),
             retry: retry_state(&func, mode),
+            config: func.config.clone(),
         };
         match mode {
             Mode::Sync => self.invoke_sync(inv, reservation).await,

@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             updated_at_ms: now,
             retries: schemas::rules::DEFAULT_RETRIES,
             max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
+            config: Default::default(),
         })
         .collect();
     if !functions.is_empty() {

@@ -376,6 +376,11 @@ where
             functions::delete(st, uid, name).await?;
             Ok(no_content())
         }
+        (["functions", name, "metrics"], Method::GET) => {
+            let win = service::metrics::window(req.query("window").as_deref())?;
+            let b = service::metrics::of_function(st, uid, name, win).await?;
+            Ok(ok(&service::metrics::metrics_json(win, &b)))
+        }
         (["functions", name, "versions"], Method::GET) => {
             let vs = functions::versions_of(st, uid, name).await?;
             Ok(ok(&Value::Array(
@@ -491,6 +496,7 @@ where
             | ["functions", _]
             | ["functions", _, "test"]
             | ["functions", _, "versions"]
+            | ["functions", _, "metrics"]
             | ["runs"]
             | ["runs", _]
             | ["account"]

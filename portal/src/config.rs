@@ -99,6 +99,8 @@ pub struct Config {
     /// Smallest `max_event_age_s` a function may have (`PORTAL_MIN_EVENT_AGE_S`, 1–60; default
     /// the contract's 60; lower only to test event expiry quickly).
     pub min_event_age_s: u64,
+    /// Seals functions' secrets (`COLORFAAS_SECRETS_KEY`); `None`: secrets cannot be set (503).
+    pub secrets_key: Option<common::secrets::SecretsKey>,
 }
 
 fn duration(
@@ -266,6 +268,7 @@ impl Config {
         }
         Ok(Config {
             min_event_age_s,
+            secrets_key: common::secrets::SecretsKey::from_env(env)?,
             signup_per_hour: non_zero(
                 env,
                 flags.signup_per_hour.as_deref(),

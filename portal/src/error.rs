@@ -14,6 +14,13 @@ pub enum PortalError {
     /// A field of a request or form is wrong; `field` names it (`email`, `code`, `resources.memory_mb`).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// Uploaded code that does not compile or parse, or lacks the handler's function.
+    #[error("{file}{}: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    InvalidCode {
+        file: String,
+        line: Option<u64>,
+        reason: String,
+    },
     /// The body is not the JSON the endpoint takes.
     #[error("the body is not valid JSON: {0}")]
     InvalidJson(String),
@@ -78,7 +85,7 @@ impl PortalError {
             PortalError::Invalid { field, .. } => Some(field),
             PortalError::EmailTaken => Some("email"),
             PortalError::NameTaken(_) => Some("name"),
-            PortalError::TooLarge { .. } => Some("code"),
+            PortalError::TooLarge { .. } | PortalError::InvalidCode { .. } => Some("code"),
             PortalError::Account(AccountError::InvalidCard(_)) => Some("card_number"),
             PortalError::Account(AccountError::InvalidAmount(_)) => Some("amount_micros"),
             _ => None,
@@ -88,7 +95,9 @@ impl PortalError {
     /// The HTTP status of the contract.
     pub fn status(&self) -> StatusCode {
         match self {
-            PortalError::Invalid { .. } | PortalError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            PortalError::Invalid { .. }
+            | PortalError::InvalidJson(_)
+            | PortalError::InvalidCode { .. } => StatusCode::BAD_REQUEST,
             PortalError::Unauthorized | PortalError::BadCredentials => StatusCode::UNAUTHORIZED,
             PortalError::LoginRateLimited { .. } | PortalError::SignupRateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -114,6 +123,7 @@ impl PortalError {
         match self {
             PortalError::Invalid { .. } => "invalid_request",
             PortalError::InvalidJson(_) => "invalid_json",
+            PortalError::InvalidCode { .. } => "invalid_code",
             PortalError::Unauthorized => "unauthorized",
             PortalError::BadCredentials => "invalid_credentials",
             PortalError::LoginRateLimited { .. } | PortalError::SignupRateLimited { .. } => {

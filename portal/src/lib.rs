@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod codecheck;
 pub mod config;
 pub mod error;
 pub mod pages;
@@ -180,7 +181,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(instance = cfg.instance_id, backends = %cfg.backends, %addr, "portal starting");
+    tracing::info!(instance = cfg.instance_id, backends = %cfg.backends, secrets_key = %common::secrets::describe(cfg.secrets_key.as_ref()), %addr, "portal starting");
     let db = common::mongo::connect(&cfg.backends.mongodb_uri, &cfg.backends.mongodb_db).await?;
     let indexes = tokio::spawn(ensure_indexes(db.clone()));
     let gw_metrics = gateway::metrics::Metrics::new();

@@ -382,6 +382,74 @@ pub fn check_handler(runtime: Runtime, handler: &str, pkg: &Package) -> Result<(
     ))
 }
 
+/// The handler a single uploaded file implies when none is given: `adder.py` → `adder.handle`
+/// (python3), `adder.js` → `adder.handle` (node), the file itself (exec).
+pub fn infer_handler(runtime: Runtime, filename: &str) -> Option<String> {
+    check_filename(filename).ok()?;
+    let stem = match runtime {
+        Runtime::Python3 => filename.strip_suffix(".py")?,
+        Runtime::Node => [".js", ".cjs", ".mjs"]
+            .iter()
+            .find_map(|ext| filename.strip_suffix(ext))?,
+        Runtime::Exec => return Some(filename.to_owned()),
+    };
+    let ident = !stem.is_empty()
+        && !stem.starts_with(|c: char| c.is_ascii_digit())
+        && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    ident.then(|| format!("{stem}.handle"))
+}
+
+/// The handler's module file and its source, for the compile check (python3 `.py`, node
+/// `.js`/`.cjs`/`.mjs` or a bare file); `None` for exec, or a file that cannot be read.
+pub fn handler_source(
+    bytes: &[u8],
+    pkg: &Package,
+    runtime: Runtime,
+    handler: &str,
+) -> Option<(String, Vec<u8>)> {
+    if runtime == Runtime::Exec {
+        return None;
+    }
+    let file = handler_candidates(runtime, handler)
+        .into_iter()
+        .find(|c| pkg.files.contains(c))?;
+    let max = crate::codecheck::MAX_SOURCE as u64 + 1;
+    let source = match pkg.kind {
+        CodeKind::Single => bytes.to_vec(),
+        CodeKind::Zip => {
+            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
+            let mut out = Vec::new();
+            let name = (0..zip.len()).find(|i| {
+                zip.name_for_index(*i)
+                    .and_then(|n| entry_path(n).ok())
+                    .is_some_and(|p| p == file)
+            })?;
+            zip.by_index(name)
+                .ok()?
+                .take(max)
+                .read_to_end(&mut out)
+                .ok()?;
+            out
+        }
+        CodeKind::TarGz => {
+            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+            let mut found = None;
+            for entry in ar.entries().ok()? {
+                let mut entry = entry.ok()?;
+                let path = entry_path(&String::from_utf8_lossy(&entry.path_bytes())).ok()?;
+                if path == file && entry.header().entry_type().is_file() {
+                    let mut out = Vec::new();
+                    entry.by_ref().take(max).read_to_end(&mut out).ok()?;
+                    found = Some(out);
+                    break;
+                }
+            }
+            found?
+        }
+    };
+    Some((file, source))
+}
+
 /// [`inspect`] then [`check_handler`]: the package's kind when it is acceptable.
 pub fn validate(
     bytes: &[u8],

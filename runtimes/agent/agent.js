@@ -348,7 +348,9 @@ function parseRequest(payload) {
 
 const hrnow = process.hrtime.bigint;
 
-// A spare agent's first frame: {"init": {"handler", "function", "version", "memory_mb"}}.
+// A spare agent's first frame: {"init": {"handler", "function", "version", "memory_mb", "env"}}
+// ("env", optional: the function's variables and secrets, set in process.env before the
+// handler loads; COLORFAAS_* names and values with NUL are ignored).
 async function handleInit(payload) {
   let req;
   try {
@@ -361,6 +363,16 @@ async function handleInit(payload) {
     return errorFrame('bad_request', 'the agent waits for an init frame first');
   }
   if (typeof init.handler !== 'string') return errorFrame('bad_request', 'init.handler must be a string');
+  const env = init.env;
+  if (env !== undefined && env !== null && (typeof env !== 'object' || Array.isArray(env))) {
+    return errorFrame('bad_request', 'init.env must be an object');
+  }
+  for (const [name, value] of Object.entries(env || {})) {
+    if (typeof value === 'string' && name && !name.includes('=') && !name.includes('\0')
+        && !value.includes('\0') && !name.startsWith('COLORFAAS_')) {
+      process.env[name] = value;
+    }
+  }
   HANDLER = init.handler;
   process.env.COLORFAAS_HANDLER = HANDLER;
   if (typeof init.function === 'string') ENV_FUNCTION = init.function;

@@ -47,7 +47,10 @@ which function they will serve): the agent listens at once; the worker then
 puts the code under the code dir and sends
 
   init:     {"init": {"handler": str, "function": str, "version": int,
-             "memory_mb": int}}
+             "memory_mb": int, "env": {str: str}}}
+            ("env", optional: the function's variables and secrets, set in the
+            agent's environment before the handler loads; COLORFAAS_* names and
+            values with NUL are ignored)
   answer:   {"ok": true, "logs": str, "duration_us": int}, or a failure frame
             of kind "load" (later requests answer the same load error)
 
@@ -1021,8 +1024,16 @@ class Deferred(object):
                     _ENV_VERSION = init[name]
                 else:
                     _ENV_MEMORY = init[name]
+        env = init.get("env")
+        if env is not None and type(env) is not dict:
+            return _error_frame("bad_request", "init.env must be an object")
         HANDLER = handler
         os.environ["COLORFAAS_HANDLER"] = handler
+        for name, value in (env or {}).items():
+            if (type(name) is str and type(value) is str and name and "=" not in name
+                    and "\0" not in name and "\0" not in value
+                    and not name.startswith("COLORFAAS_")):
+                os.environ[name] = value
         t0 = _perf_ns()
         import importlib
         importlib.invalidate_caches()  # the code dir was filled after start

@@ -521,6 +521,46 @@ def check_deferred(runtime, filename, source, handler, event, expect):
         c.remove()
 
 
+def check_init_env(runtime, filename, source, handler):
+    """The init frame's env reaches the handler's environment; COLORFAAS_* names do not."""
+    c = Container(runtime, handler, {}, deferred=True)
+    try:
+        conn = c.connect()
+        c.add_file(filename, source, 0o755 if runtime == "exec" else 0o644)
+        env = {"GREETING": "hello", "DB_PASSWORD": "s3cr3t", "COLORFAAS_FUNCTION": "forged"}
+        conn.send_raw(json.dumps({"init": {"handler": handler, "function": "envfn", "version": 1,
+                                           "memory_mb": 128, "env": env}}).encode("utf-8"))
+        r = conn.recv()
+        check(r.get("ok") is True, "%s init env: the init frame with env loads" % runtime, r)
+        r = conn.call({}, function="envfn", version=1)
+        res = r.get("result") if is_ok(r) else None
+        check(type(res) is list and res[:2] == ["hello", "s3cr3t"] and res[2] != "forged",
+              "%s init env: the handler sees env and secrets, not a forged COLORFAAS_ name" % runtime, r)
+        conn.close()
+    finally:
+        c.remove()
+    c = Container(runtime, handler, {}, deferred=True)
+    try:
+        conn = c.connect()
+        conn.send_raw(json.dumps({"init": {"handler": handler, "env": ["X"]}}).encode("utf-8"))
+        r = conn.recv()
+        check(is_err(r, "bad_request"), "%s init env: a non-object env is refused" % runtime, r)
+        conn.close()
+    finally:
+        c.remove()
+
+
+def test_init_env():
+    section("env and secrets in the init frame")
+    check_init_env("python3", "envf.py", "import os\ndef handle(e, c):\n"
+                   "    return [os.environ.get('GREETING'), os.environ.get('DB_PASSWORD'),"
+                   " os.environ.get('COLORFAAS_FUNCTION')]\n", "envf.handle")
+    check_init_env("node", "envf.js", "exports.handle = () => [process.env.GREETING,"
+                   " process.env.DB_PASSWORD, process.env.COLORFAAS_FUNCTION];\n", "envf.handle")
+    check_init_env("exec", "envf.sh", "#!/bin/sh\nprintf '[\"%s\", \"%s\", \"%s\"]'"
+                   " \"$GREETING\" \"$DB_PASSWORD\" \"$COLORFAAS_FUNCTION\"\n", "envf.sh")
+
+
 def test_deferred():
     section("deferred start (spare containers)")
     check_deferred("python3", "late.py", "def handle(e, c):\n    return [e, c.function, c.version]\n",
@@ -799,7 +839,7 @@ def main():
             return 2
     t0 = time.monotonic()
     try:
-        for fn in (test_python3, test_node, test_exec, test_deferred):
+        for fn in (test_python3, test_node, test_exec, test_deferred, test_init_env):
             try:
                 fn()
             except Exception as e:  # a broken container must not stop the other runtimes' tests

@@ -3,6 +3,8 @@
 //! supplied by users (args, results) is stored as JSON text so that keys such as `$x` or `a.b`
 //! can never be mistaken for operators or paths.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{contract_strings, lenient, Hold, Mode, Resources, RunError, RunStatus, Runtime};
@@ -107,6 +109,31 @@ pub struct FunctionDoc {
     /// An async event not started within this many seconds of acceptance is dead-lettered.
     #[serde(default = "crate::rules::default_max_event_age_s")]
     pub max_event_age_s: u64,
+    /// `env`, sealed `secrets` and `max_concurrency` (contract v1.1).
+    #[serde(default, skip_serializing_if = "FunctionConfig::is_empty")]
+    pub config: FunctionConfig,
+}
+
+/// A function's run-time configuration: what its handler sees in its environment and how many
+/// of its runs may be running at once. Travels on each invocation (`InvocationMsg::config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionConfig {
+    /// Plain environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secret variables, each sealed (`common::secrets`): name → base64 of nonce + ciphertext.
+    /// Never in clear outside the worker that hands them to the function.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// At most this many runs of the function at once, cluster-wide; `None` = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+impl FunctionConfig {
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.secrets.is_empty() && self.max_concurrency.is_none()
+    }
 }
 
 /// One version of a function, kept when it is created or updated (the portal's version list).

@@ -186,6 +186,9 @@ pub mod run_error_codes {
     pub const PLATFORM_CONTAINER_LOST: &str = "platform_container_lost";
     /// An async event waited longer than its function's `max_event_age_s` and was not run.
     pub const EVENT_EXPIRED: &str = "event_expired";
+    /// A sync call found the function at its `max_concurrency` (not run, not billed; the
+    /// gateway answers 429).
+    pub const CONCURRENCY_LIMIT: &str = "concurrency_limit";
 }
 
 /// Limits shared by the gateway, portal, worker and SDK.
@@ -216,6 +219,10 @@ pub mod limits {
     pub const CODE_BYTES: usize = 20 * 1024 * 1024;
     /// Largest unpacked size of an archive.
     pub const UNPACKED_CODE_BYTES: u64 = 200 * 1024 * 1024;
+    /// Most bytes of `env` and of `secrets`, each counted as the sum of names and values.
+    pub const ENV_BYTES: usize = 4 * 1024;
+    /// Bounds of `max_concurrency` when set.
+    pub const MAX_CONCURRENCY: (u32, u32) = (1, 1000);
 }
 
 /// Longest function name.

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Attempt, CodeKind, Hold, Mode, Resources, RunError, RunStatus, Runtime};
+use crate::{
+    Attempt, CodeKind, FunctionConfig, Hold, Mode, Resources, RunError, RunStatus, Runtime,
+};
 
 /// The schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -46,6 +48,9 @@ pub struct InvocationMsg {
     /// What accepting it reserved (released by its final record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// The function's env, sealed secrets and concurrency limit.
+    #[serde(default, skip_serializing_if = "FunctionConfig::is_empty")]
+    pub config: FunctionConfig,
     /// Which attempt this is and what the earlier ones did (async retries).
     #[serde(default)]
     pub retry: RetryState,
@@ -160,6 +165,9 @@ pub struct RunningTask {
     pub run_id: String,
     pub user_id: String,
     pub demand: Resources,
+    /// The run's function (a new leader counts running runs per function from these).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub function_id: String,
 }
 
 /// Worker → heartbeats exchange, every second by default.
@@ -220,6 +228,11 @@ mod tests {
                 sync: true,
             }),
             retry: RetryState::default(),
+            config: FunctionConfig {
+                env: [("A".to_owned(), "1".to_owned())].into(),
+                secrets: Default::default(),
+                max_concurrency: Some(2),
+            },
         };
         let s = serde_json::to_vec(&m).unwrap();
         assert_eq!(serde_json::from_slice::<InvocationMsg>(&s).unwrap(), m);

@@ -110,6 +110,8 @@ pub mod collections {
     /// Every version of every function (`FunctionVersionDoc`).
     pub const FUNCTION_VERSIONS: &str = "function_versions";
     pub const RUNS: &str = "runs";
+    /// Per-function run counts in minute and hour buckets (`common::fnmetrics`).
+    pub const FUNCTION_METRICS: &str = "function_metrics";
     pub const BILLS: &str = "bills";
     pub const PRICING: &str = "pricing";
     pub const HISTORY: &str = "account_history";
@@ -159,6 +161,12 @@ pub fn indexes() -> Vec<IndexSpec> {
             FUNCTION_VERSIONS,
             "function_version",
             doc! {"function_id": 1, "version": -1},
+            false,
+        ),
+        ix(
+            FUNCTION_METRICS,
+            "function_buckets",
+            doc! {"function_id": 1, "size": 1, "start_ms": 1},
             false,
         ),
         ix(

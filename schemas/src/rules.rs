@@ -76,6 +76,27 @@ pub fn default_max_event_age_s() -> u64 {
     DEFAULT_MAX_EVENT_AGE_S
 }
 
+/// Longest environment variable name (`env` and `secrets`).
+pub const ENV_NAME_MAX: usize = 64;
+
+/// The contract's rule for `env` and `secrets` names.
+pub const ENV_NAME_RULE: &str = "^[A-Z_][A-Z0-9_]{0,63}$, not starting with COLORFAAS_";
+
+/// Prefix of the variables the platform sets itself; users may not set them.
+pub const RESERVED_ENV_PREFIX: &str = "COLORFAAS_";
+
+/// Whether `name` may be an `env` or `secrets` name: `^[A-Z_][A-Z0-9_]{0,63}$` and not
+/// `COLORFAAS_*`.
+pub fn valid_env_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= ENV_NAME_MAX
+        && (b[0].is_ascii_uppercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+        && !name.starts_with(RESERVED_ENV_PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +128,26 @@ mod tests {
         for bad in ["", "1x", "a-b", "a b", "ä", &"a".repeat(65)] {
             assert!(!valid_arg_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn env_names() {
+        for ok in ["A", "_", "LOG_LEVEL", "A1_B2", &"A".repeat(64)] {
+            assert!(valid_env_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "1A",
+            "A-B",
+            "A B",
+            "É",
+            "COLORFAAS_X",
+            "COLORFAAS_",
+            &"A".repeat(65),
+        ] {
+            assert!(!valid_env_name(bad), "{bad}");
+        }
+        assert!(valid_env_name("COLORFAAS"));
     }
 }

@@ -127,6 +127,7 @@ async fn run_in(
         function: &manifest.name,
         version: 0,
         code_dir: &code_dir,
+        env: &manifest.env,
     };
     let t0 = Instant::now();
     let mut c = containers.start(&spec).await.map_err(|e| {

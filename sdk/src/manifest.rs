@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use schemas::limits::{
     ARGS, CPU_MILLICORES, DEFAULT_TIMEOUT_MS, DESCRIPTION_CHARS, DISK_MB, MEMORY_MB, TIMEOUT_MS,
 };
-use schemas::rules::{valid_function_name, FUNCTION_NAME_HELP};
+use schemas::limits::{ENV_BYTES, MAX_CONCURRENCY};
+use schemas::rules::{valid_env_name, valid_function_name, ENV_NAME_RULE, FUNCTION_NAME_HELP};
 use schemas::{ArgType, Mode, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -66,6 +67,13 @@ pub struct Manifest {
     /// Async event age limit in seconds, 60–21600 (the platform's default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_event_age_s: Option<u64>,
+    /// Plain environment variables of the handler (secrets are not kept in files: set them in
+    /// the portal or through the JSON API; a deploy keeps them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// At most this many runs at once, cluster-wide (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
     /// Extra ignore patterns (same syntax as `.colorfaasignore`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
@@ -116,7 +124,7 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest> {
         let m: Manifest = serde_json::from_str(text).map_err(|e| {
             CliError::usage(format!("invalid manifest: {e}")).hint(format!(
-                "{FILE} is JSON with the fields name, runtime, handler, description, args_schema, mode, resources, timeout_ms, retries, max_event_age_s, ignore (see sdk/README.md)"
+                "{FILE} is JSON with the fields name, runtime, handler, description, args_schema, mode, resources, timeout_ms, retries, max_event_age_s, env, max_concurrency, ignore (see sdk/README.md)"
             ))
         })?;
         m.validate()?;
@@ -192,6 +200,25 @@ impl Manifest {
         if let Some(v) = self.max_event_age_s.filter(|v| !(lo..=hi).contains(v)) {
             return bad(format!("max_event_age_s is {v}: it must be {lo} to {hi}"));
         }
+        self.validate_config()
+    }
+
+    /// `env` and `max_concurrency`: the portal's rules, checked before a deploy.
+    fn validate_config(&self) -> Result<()> {
+        let bad = |m: String| Err(CliError::usage(format!("invalid manifest: {m}")));
+        if let Some(name) = self.env.keys().find(|k| !valid_env_name(k)) {
+            return bad(format!("env name {name:?}: use {ENV_NAME_RULE}"));
+        }
+        let bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > ENV_BYTES {
+            return bad(format!(
+                "env holds {bytes} bytes of names and values; at most {ENV_BYTES}"
+            ));
+        }
+        let (lo, hi) = MAX_CONCURRENCY;
+        if let Some(n) = self.max_concurrency.filter(|n| !(lo..=hi).contains(n)) {
+            return bad(format!("max_concurrency is {n}: it must be {lo} to {hi}"));
+        }
         Ok(())
     }
 
@@ -246,6 +273,8 @@ impl Manifest {
             "mode": self.mode,
             "resources": self.resources,
             "timeout_ms": self.timeout_ms,
+            "env": self.env,
+            "max_concurrency": self.max_concurrency,
         });
         if let Some(r) = self.retries {
             spec["retries"] = r.into();
@@ -327,6 +356,22 @@ mod tests {
                 "unknown field `tiemout_ms`",
             ),
             (r#"{"name":"a","#, "invalid manifest"),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","env":{"lower":"x"}}"#,
+                "env name \"lower\"",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","env":{"COLORFAAS_X":"x"}}"#,
+                "env name",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","max_concurrency":0}"#,
+                "max_concurrency",
+            ),
+            (
+                r#"{"name":"a","runtime":"exec","handler":"h","secrets":{"A":"b"}}"#,
+                "unknown field `secrets`",
+            ),
         ];
         for (text, want) in cases {
             let e = Manifest::parse(text).unwrap_err();

@@ -74,6 +74,8 @@ pub fn manifest(name: &str, runtime: Runtime) -> Manifest {
         timeout_ms: DEFAULT_TIMEOUT_MS,
         retries: None,
         max_event_age_s: None,
+        env: Default::default(),
+        max_concurrency: None,
         ignore: Vec::new(),
     }
 }

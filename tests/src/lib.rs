@@ -239,6 +239,7 @@ impl Sandbox {
             created_at_ms: schemas::now_ms(),
             hold: None,
             retry: Default::default(),
+            config: Default::default(),
         }
     }
 
@@ -712,6 +713,7 @@ impl Sandbox {
             updated_at_ms: now,
             retries: 0,
             max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
+            config: Default::default(),
         }
     }
 

@@ -62,6 +62,7 @@ impl Bench {
             created_at_ms: schemas::now_ms(),
             hold: None,
             retry: Default::default(),
+            config: Default::default(),
         }
     }
 
@@ -424,6 +425,7 @@ async fn main() {
         function: "noop",
         version: 1,
         code_dir: &code_dir,
+        env: &Default::default(),
     })
     .await
     .unwrap();

@@ -48,6 +48,28 @@ pub struct Init<'a> {
     pub function: &'a str,
     pub version: u32,
     pub memory_mb: u64,
+    /// The function's variables and secrets (left out when empty, so old agents see the frame
+    /// they know; an old agent ignores the field).
+    #[serde(skip_serializing_if = "EnvVars::is_empty")]
+    pub env: EnvVars<'a>,
+}
+
+/// A function's environment on its way to the agent: serialized as an object, shown by `Debug`
+/// as its names only (it holds secrets).
+#[derive(Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub struct EnvVars<'a>(pub &'a std::collections::BTreeMap<String, String>);
+
+impl EnvVars<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for EnvVars<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -48,6 +48,8 @@ pub struct Flags {
 /// Everything the worker needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Opens functions' secrets when they are loaded (`COLORFAAS_SECRETS_KEY`, the portal's).
+    pub secrets_key: Option<common::secrets::SecretsKey>,
     pub worker_id: String,
     pub addr: String,
     pub backends: Backends,
@@ -154,6 +156,7 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            secrets_key: common::secrets::SecretsKey::from_env(env)?,
             addr: config::string(env, flags.addr.as_deref(), "WORKER_ADDR", "127.0.0.1:8090"),
             backends: Backends::from_env(env),
             capacity,

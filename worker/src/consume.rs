@@ -322,6 +322,7 @@ async fn run(inner: &Arc<Inner>, task: &TaskMsg) -> ResultMsg {
                 run_id: inv.run_id.clone(),
                 user_id: inv.user_id.clone(),
                 demand: inv.resources,
+                function_id: inv.function_id.clone(),
             },
         );
     let exec = crate::execute(inner, task, started_at_ms);

@@ -77,6 +77,8 @@ pub struct Load<'a> {
     pub version: u32,
     /// The unpacked code in the worker's code cache.
     pub code_dir: &'a Path,
+    /// The function's env and opened secrets, for the handler's process environment.
+    pub env: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// How an idle container is held still.
@@ -123,6 +125,7 @@ impl Container {
                 function: load.function,
                 version: load.version,
                 memory_mb: self.memory_mb,
+                env: crate::agent::EnvVars(load.env),
             })
             .await
     }

@@ -441,6 +441,13 @@ pub(crate) async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) ->
             );
         }
     };
+    let env = match crate::fnenv::function_env(inner.cfg.secrets_key.as_ref(), inv) {
+        Ok(env) => env,
+        Err(e) => {
+            tracing::error!(run_id = inv.run_id, function = inv.function, error = %e, "opening the function's secrets failed");
+            return Outcome::platform(codes::PLATFORM_WORKER, e.to_string());
+        }
+    };
     let Obtained {
         mut c,
         cold,
@@ -455,7 +462,7 @@ pub(crate) async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) ->
     let deadline_ms = schemas::now_ms() + inv.timeout_ms as i64;
     let phase = tokio::time::timeout(
         Duration::from_millis(inv.timeout_ms.max(1)),
-        timed_phase(&mut c, inv, &code_dir, needs_init, deadline_ms),
+        timed_phase(&mut c, inv, (&code_dir, &env), needs_init, deadline_ms),
     )
     .await;
     let wall_us = t0.elapsed().as_micros() as u64;
@@ -514,7 +521,10 @@ pub(crate) async fn run_in_container(inner: &Arc<Inner>, inv: &InvocationMsg) ->
 async fn timed_phase(
     c: &mut Container,
     inv: &InvocationMsg,
-    code_dir: &std::path::Path,
+    (code_dir, env): (
+        &std::path::Path,
+        &std::collections::BTreeMap<String, String>,
+    ),
     needs_init: bool,
     deadline_ms: i64,
 ) -> Result<(AgentResponse, u64), CallError> {
@@ -525,6 +535,7 @@ async fn timed_phase(
             function: &inv.function,
             version: inv.version,
             code_dir,
+            env,
         };
         let a = c.init(&load).await?;
         agent_us += a.duration_us;

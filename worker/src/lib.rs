@@ -9,6 +9,7 @@ mod consume;
 pub mod docker;
 pub mod events;
 mod exec;
+pub mod fnenv;
 pub mod freezer;
 mod heartbeat;
 pub mod pool;
@@ -157,7 +158,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let worker_id = cfg.worker_id.clone();
-    tracing::info!(worker_id, backends = %cfg.backends, capacity = ?cfg.capacity, dir = %cfg.work_dir.display(), threads = cfg.threads, "worker starting");
+    tracing::info!(worker_id, backends = %cfg.backends, capacity = ?cfg.capacity, dir = %cfg.work_dir.display(), threads = cfg.threads, secrets_key = %common::secrets::describe(cfg.secrets_key.as_ref()), "worker starting");
 
     let docker = bollard::Docker::connect_with_defaults().context("connecting to Docker")?;
     docker

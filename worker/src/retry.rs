@@ -239,6 +239,7 @@ mod tests {
                 reserved_micros: 300,
                 sync: false,
             }),
+            config: Default::default(),
             retry: RetryState {
                 attempt,
                 retries,

@@ -92,6 +92,7 @@ impl Dispatcher {
         self.held.clear();
         self.running.clear();
         self.reset_scheduler();
+        self.reset_limiter();
         self.metrics.pending.set(0);
     }
 
@@ -153,6 +154,11 @@ impl Dispatcher {
             let _ = d.acker.ack(BasicAckOptions::default()).await;
             return;
         }
+        let repeat = amqp::is_repeat(d.redelivered, &d.properties);
+        let Some(inv) = self.admit(inv, &d.acker, repeat).await else {
+            self.metrics.pending.set(self.held.len() as i64);
+            return;
+        };
         let task = Task::new(inv.run_id.clone(), inv.function_key(), inv.resources);
         match self.sched.enqueue(&inv.user_id, task) {
             Ok(()) => {
@@ -167,6 +173,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 tracing::warn!(run_id = inv.run_id, error = %e, "cannot hold an invocation; returning it to the queue");
+                self.run_ended(&inv.run_id);
                 let _ = d
                     .acker
                     .nack(BasicNackOptions {
@@ -184,6 +191,7 @@ impl Dispatcher {
             Ok(r) => {
                 self.running.remove(&r.run_id);
                 let _ = self.sched.release(&r.run_id);
+                self.run_ended(&r.run_id);
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
             Err(e) => {
@@ -264,6 +272,7 @@ impl Dispatcher {
                 Err(e) => {
                     tracing::warn!(run_id, error = %e, "publishing a task failed; returning its invocation");
                     let _ = self.sched.release(&run_id);
+                    self.run_ended(&run_id);
                     nack_requeue(&held.acker).await;
                 }
             }
@@ -273,6 +282,7 @@ impl Dispatcher {
 
     pub(super) async fn fail_all_held(&mut self, why: &str) {
         self.reset_scheduler();
+        self.reset_limiter();
         let held: Vec<Held> = self.held.drain().map(|(_, h)| h).collect();
         for h in held {
             self.fail(&h.inv, codes::PLATFORM_NO_CAPACITY, why, 0).await;
@@ -292,6 +302,18 @@ impl Dispatcher {
             message,
             "failing an invocation"
         );
+        self.end_unrun(inv, code, message, epoch).await;
+    }
+
+    /// Ends a run that never ran (not billed): stored final, then told to the caller and the
+    /// results exchange.
+    pub(super) async fn end_unrun(
+        &self,
+        inv: &InvocationMsg,
+        code: &str,
+        message: &str,
+        epoch: u64,
+    ) {
         let r = ResultMsg {
             v: MESSAGE_VERSION,
             run_id: inv.run_id.clone(),

@@ -15,6 +15,7 @@
 //! (**re-run**, never failed; at most one final record, see `common::runstore`).
 
 mod leader;
+mod limited;
 mod workers;
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,7 @@ struct Metrics {
     dispatched: Value,
     dead_lettered: Value,
     failed_no_capacity: Value,
+    throttled: Value,
     requeued_from_dead: Value,
     is_leader: Value,
     pending: Value,
@@ -69,6 +71,11 @@ impl Metrics {
             failed_no_capacity: r.counter(
                 "colorfaas_dispatcher_no_capacity_total",
                 "invocations failed because no worker can hold them",
+                &[],
+            ),
+            throttled: r.counter(
+                "colorfaas_dispatcher_concurrency_refused_total",
+                "sync invocations refused because their function was at its max_concurrency",
                 &[],
             ),
             requeued_from_dead: r.counter(
@@ -126,6 +133,8 @@ struct Dispatcher {
     session: Option<Arc<Session>>,
     writer: RunWriter,
     sched: Scheduler,
+    /// Runs active and parked per function (`max_concurrency`).
+    limiter: crate::limits::Limiter,
     workers: HashMap<String, WorkerSeen>,
     held: HashMap<String, Held>,
     /// Run ids dispatched by this leader and not finished yet.
@@ -198,6 +207,7 @@ pub async fn run(
         session: None,
         writer: writer.clone(),
         sched: Scheduler::new(),
+        limiter: crate::limits::Limiter::new(),
         workers: HashMap::new(),
         held: HashMap::new(),
         running: HashSet::new(),
@@ -338,6 +348,7 @@ impl Dispatcher {
                 Ev::Unconfirmed(Some(run_id)) => {
                     self.running.remove(&run_id);
                     let _ = self.sched.release(&run_id);
+                    self.run_ended(&run_id);
                 }
                 Ev::Unconfirmed(None) => {}
                 Ev::Tick => {

@@ -39,6 +39,8 @@ impl Dispatcher {
             tracing::info!(worker_id = hb.worker_id, capacity = ?hb.capacity, "worker joined");
         }
         self.sched.apply_heartbeat(&hb);
+        let ready = self.limiter.observe(&hb.worker_id, &hb.running);
+        self.enqueue_unparked(ready);
         self.workers.insert(
             hb.worker_id.clone(),
             WorkerSeen {
@@ -70,7 +72,10 @@ impl Dispatcher {
             let lost = self.sched.remove_worker(&id);
             for d in &lost {
                 self.running.remove(&*d.task.id);
+                self.run_ended(&d.task.id);
             }
+            let ready = self.limiter.forget_worker(&id);
+            self.enqueue_unparked(ready);
             tracing::warn!(
                 worker_id = id,
                 running = lost.len(),
@@ -100,6 +105,7 @@ impl Dispatcher {
                     self.fail(&h.inv, codes::PLATFORM_NO_CAPACITY, &msg, 0)
                         .await;
                     let _ = h.acker.ack(BasicAckOptions::default()).await;
+                    self.run_ended(&task.id);
                 }
             }
         }

@@ -328,6 +328,10 @@ fn spec_of(i: &FunctionInput) -> service::functions::FunctionSpec {
         // The form does not show them: an edit keeps the stored ones.
         retries: None,
         max_event_age_s: None,
+        // Omitted: an edit from the pages keeps the stored env, secrets and limit.
+        env: None,
+        secrets: None,
+        max_concurrency: None,
     }
 }
 

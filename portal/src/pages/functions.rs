@@ -699,6 +699,22 @@ struct Shown<'a> {
     notice: Option<String>,
 }
 
+/// The last 24 hours' charts from the metric buckets (empty when they cannot be read).
+async fn function_charts(c: &Ctx, user_id: &str, f: &FunctionDoc) -> String {
+    let win = crate::service::metrics::WINDOWS[1];
+    let now = schemas::now_ms();
+    let since = now - now.rem_euclid(win.size_ms) - (win.buckets - 1) * win.size_ms;
+    match common::fnmetrics::read(&c.db, user_id, &f.id, win.size_ms, since).await {
+        Ok(stored) => {
+            super::charts::function_charts(&crate::service::metrics::series(win, now, &stored))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reading metric buckets failed");
+            String::new()
+        }
+    }
+}
+
 /// The detail page.
 async fn detail_page(
     c: &Ctx,
@@ -735,7 +751,11 @@ async fn detail_page(
     .map(|(s, n)| json!({"key": s.as_str(), "label": fmt::status_label(s.as_str()), "n": n}))
     .collect();
     let versions = backend::versions(c, f).await.unwrap_or_default();
+    let charts = function_charts(c, &v.user.id, f).await;
     let func = json!({
+        "env": f.config.env.keys().collect::<Vec<_>>(),
+        "secret_names": f.config.secrets.keys().collect::<Vec<_>>(),
+        "max_concurrency": f.config.max_concurrency,
         "name": f.name, "description": f.description, "runtime": f.runtime.as_str(),
         "handler": f.handler, "mode": f.mode.as_str(),
         "code": format!("{} ({}, {})", if f.filename.is_empty() { "package" } else { &f.filename },
@@ -761,6 +781,7 @@ async fn detail_page(
             "counts": count_rows,
             "last_run": cnt.last_run_at_ms.map(fmt::time),
             "versions": versions,
+            "charts": charts,
             "runs": runs.iter().map(|r| run_row(r, false)).collect::<Vec<_>>(),
         }),
     ))

@@ -16,6 +16,7 @@
 mod account;
 mod auth;
 mod backend;
+mod charts;
 pub mod data;
 mod dead_letters;
 pub mod fmt;

@@ -28,7 +28,7 @@ use schemas::{
     now_ms, ArgType, CodeKind, FunctionDoc, FunctionVersionDoc, Mode, Resources, RunStatus, Runtime,
 };
 
-use super::{coll, db_err};
+use super::{coll, db_err, fnconfig};
 use crate::error::PortalError;
 use crate::state::State;
 use crate::upload;
@@ -105,6 +105,38 @@ pub struct FunctionSpec {
     /// Async event age limit, 60–21600 s (default 21600).
     #[serde(default)]
     pub max_event_age_s: Option<u64>,
+    /// Plain variables (`None` when absent: an update keeps the stored ones).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub env: Option<Value>,
+    /// Write-only secrets: never serialized back.
+    #[serde(default, deserialize_with = "present", skip_serializing)]
+    pub secrets: Option<Value>,
+    /// `None` when absent; `Some(Value::Null)` lifts the limit.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_concurrency: Option<Value>,
+}
+
+/// A field that is present, `null` included (absent fields take `#[serde(default)]`'s `None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl FunctionSpec {
+    fn config_input(&self) -> fnconfig::ConfigInput {
+        fnconfig::ConfigInput {
+            env: self.env.clone(),
+            secrets: self.secrets.clone(),
+            max_concurrency: self.max_concurrency.clone(),
+        }
+    }
 }
 
 /// Run counts of one function, by status, and the time of its latest run.
@@ -192,6 +224,9 @@ pub fn function_json(f: &FunctionDoc) -> Value {
         "code_kind": f.code_kind.as_str(),
         "created_at": super::rfc3339(f.created_at_ms),
         "updated_at": super::rfc3339(f.updated_at_ms),
+        "env": f.config.env,
+        "secret_names": f.config.secrets.keys().collect::<Vec<_>>(),
+        "max_concurrency": f.config.max_concurrency,
     })
 }
 
@@ -352,7 +387,12 @@ async fn store_code(
     let (runtime, handler, filename) = (c.runtime, c.handler.clone(), c.filename.clone());
     let limits = st.cfg.upload_limits;
     let (pkg, code) = tokio::task::spawn_blocking(move || {
-        upload::validate(&code, &filename, runtime, &handler, limits).map(|p| (p, code))
+        let pkg = upload::validate(&code, &filename, runtime, &handler, limits)?;
+        if let Some((file, source)) = upload::handler_source(&code, &pkg, runtime, &handler) {
+            let function = handler.rsplit_once('.').map_or("", |(_, f)| f);
+            crate::codecheck::check(runtime, &file, &source, function)?;
+        }
+        Ok::<_, PortalError>((pkg, code))
     })
     .await
     .map_err(|e| PortalError::Internal(e.into()))??;
@@ -389,6 +429,21 @@ async fn record_version(st: &State, f: &FunctionDoc) {
     }
 }
 
+/// The spec with its handler inferred from a single uploaded file's name when none is given
+/// (`adder.py` alone → `adder.handle`).
+fn with_inferred_handler(spec: &FunctionSpec, code: Option<&[u8]>) -> FunctionSpec {
+    let mut spec = spec.clone();
+    let single = code.is_some_and(|c| upload::detect_kind(c) == CodeKind::Single);
+    if spec.handler.trim().is_empty() && single {
+        if let Some(runtime) = Runtime::parse(spec.runtime.trim()) {
+            if let Some(h) = upload::infer_handler(runtime, spec.filename.trim()) {
+                spec.handler = h;
+            }
+        }
+    }
+    spec
+}
+
 /// Creates a function from a spec and its code (a single file or a .zip / .tar.gz package).
 /// 400 for a bad field or package, 409 when the user has a function of that name, 413 when the
 /// code is too large.
@@ -400,16 +455,28 @@ pub async fn create(
 ) -> Result<FunctionDoc, PortalError> {
     let name = spec.name.trim();
     check_name(name)?;
+    let spec = &with_inferred_handler(spec, Some(&code));
     let c = check_spec(spec)?;
     let (retries, max_event_age_s) =
         super::retries::check_spec(spec, None, st.cfg.min_event_age_s)?;
+    let id = format!("f{}", uuid::Uuid::now_v7().simple());
+    let owner = fnconfig::Owner {
+        user_id,
+        function_id: &id,
+    };
+    let config = fnconfig::merge(
+        &Default::default(),
+        &spec.config_input(),
+        st.cfg.secrets_key.as_ref(),
+        owner,
+    )?;
     if find(st, user_id, name).await?.is_some() {
         return Err(PortalError::NameTaken(name.to_owned()));
     }
     let (code_kind, sha, size, filename) = store_code(st, &c, code).await?;
     let now = now_ms();
     let f = FunctionDoc {
-        id: format!("f{}", uuid::Uuid::now_v7().simple()),
+        id,
         user_id: user_id.to_owned(),
         name: name.to_owned(),
         runtime: c.runtime,
@@ -428,6 +495,7 @@ pub async fn create(
         updated_at_ms: now,
         retries,
         max_event_age_s,
+        config,
     };
     match functions(st).insert_one(&f).await {
         Ok(_) => {}
@@ -465,9 +533,20 @@ pub async fn update(
             ),
         ));
     }
+    let spec = &with_inferred_handler(spec, code.as_deref());
     let mut c = check_spec(spec)?;
     let (retries, max_event_age_s) =
         super::retries::check_spec(spec, Some(&old), st.cfg.min_event_age_s)?;
+    let owner = fnconfig::Owner {
+        user_id,
+        function_id: &old.id,
+    };
+    let config = fnconfig::merge(
+        &old.config,
+        &spec.config_input(),
+        st.cfg.secrets_key.as_ref(),
+        owner,
+    )?;
     let (code_kind, sha, size, filename) = match code {
         Some(code) => store_code(st, &c, code).await?,
         None => {
@@ -493,6 +572,7 @@ pub async fn update(
     f.timeout_ms = c.timeout_ms;
     f.retries = retries;
     f.max_event_age_s = max_event_age_s;
+    f.config = config;
     f.version = old.version + 1;
     f.code_sha256 = sha;
     f.code_size = size;

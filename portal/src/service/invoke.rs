@@ -104,6 +104,7 @@ pub async fn invoke_test(
         created_at_ms: schemas::now_ms(),
         hold: Some(reservation.hold()),
         retry: Default::default(),
+        config: func.config.clone(),
     };
     let waiter = inv_.broker.register(&inv.run_id);
     inv_.writer

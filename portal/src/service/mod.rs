@@ -5,9 +5,11 @@
 
 pub mod account;
 pub mod auth;
+pub mod fnconfig;
 pub mod functions;
 pub mod invoke;
 pub mod keys;
+pub mod metrics;
 pub mod retries;
 pub mod runs;
 

@@ -229,6 +229,7 @@ async fn start(
         created_at_ms: schemas::now_ms(),
         hold: Some(reservation.hold()),
         retry: gateway::retry_state(func, Mode::Async),
+        config: func.config.clone(),
     };
     inv_.writer
         .write_durable(RunWrite::Pending(Box::new(pending_doc(&inv))))

@@ -276,6 +276,7 @@ fn rt(id: &str, user: &str, demand: Resources) -> RunningTask {
         run_id: id.into(),
         user_id: user.into(),
         demand,
+        function_id: String::new(),
     }
 }
 
