@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mongo;
 pub mod ops;
 pub mod runstore;
+pub mod schedule;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

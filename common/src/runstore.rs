@@ -575,6 +575,7 @@ pub fn pending_doc(inv: &schemas::InvocationMsg) -> RunDoc {
         started_at_ms: None,
         finished_at_ms: None,
         hold: inv.hold,
+        schedule_id: None,
     }
 }
 
@@ -608,5 +609,6 @@ pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i6
         started_at_ms: r.started_at_ms,
         finished_at_ms: Some(r.finished_at_ms),
         hold: r.hold,
+        schedule_id: None,
     }
 }

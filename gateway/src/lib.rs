@@ -5,9 +5,10 @@
 //! `GET /openapi.json` (the OpenAPI 3 document of all of them, [`OPENAPI`]).
 //! The order of checks on an invocation is: draining (503), API key (401), rate limit (429),
 //! `X-Invocation-Type` (400), `Content-Length` (413), function (404), body size (413), JSON
-//! (400), args schema (400), `X-Callback-Url` (400), the reservation of the invocation's worst
-//! case against the user's credit and limits (402, 429 `user_limit`; `accounts::hold`), then
-//! the publish (503 when RabbitMQ is unreachable).
+//! (400), args schema (400), `X-Callback-Url` (400), a live `Idempotency-Key` (409 on another
+//! body, else the first run's answer; [`idempotency`]), the reservation of the invocation's
+//! worst case against the user's credit and limits (402, 429 `user_limit`; `accounts::hold`),
+//! the claim of the `Idempotency-Key`, then the publish (503 when RabbitMQ is unreachable).
 
 pub mod args;
 pub mod broker;
@@ -16,6 +17,7 @@ pub mod callbacks;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod ratelimit;
 pub mod store;
@@ -195,6 +197,19 @@ pub fn unpublished_doc(inv: &InvocationMsg, why: &str) -> RunDoc {
     d
 }
 
+/// The 202 answer of an accepted async invocation: `{run_id}` and its `Location`.
+pub fn accepted(run_id: &str) -> Response {
+    let mut resp = warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "run_id": run_id })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{run_id}")) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
 /// What a finished run tells a sync caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -362,6 +377,7 @@ impl State {
         }
         let key = self.authenticate(&headers).await?;
         let override_mode = invocation_type(&headers)?;
+        let idem_key = idempotency::key_of(&headers)?;
         let content_length = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -382,6 +398,18 @@ impl State {
         let body = read_body(body, mode).await?;
         let args = parse_args(&body)?;
         args::validate(&func.args_schema, &args).map_err(GatewayError::InvalidArgs)?;
+        let idem = idem_key.map(|k| idempotency::IdemKey {
+            hash: idempotency::request_hash(&func.name, &body),
+            key: k,
+        });
+        if let Some(k) = &idem {
+            if let Some(resp) = self
+                .repeat_before_reserving(&key.user_id, k, &func, mode)
+                .await?
+            {
+                return Ok(resp);
+            }
+        }
         self.check_records()?;
         let reservation = self.reserve(&key.user_id, &func, mode).await?;
 
@@ -406,10 +434,20 @@ impl State {
             created_at_ms: schemas::now_ms(),
             hold: Some(reservation.hold()),
         };
-        match mode {
-            Mode::Sync => self.invoke_sync(inv, reservation).await,
-            Mode::Async => self.invoke_async(inv, reservation).await,
+        if let Some(k) = &idem {
+            if let Some(resp) = self.claim_key(k, &inv, &func).await? {
+                return Ok(resp);
+            }
         }
+        let answer = match mode {
+            Mode::Sync => self.invoke_sync(inv.clone(), reservation).await,
+            Mode::Async => self.invoke_async(inv.clone(), reservation).await,
+        };
+        if let (Some(k), Err(GatewayError::Unavailable(_))) = (&idem, &answer) {
+            // Not published: a retry with the same key starts afresh.
+            idempotency::release(self.store.db(), &inv.user_id, &k.key, &inv.run_id).await;
+        }
+        answer
     }
 
     /// `reservation` is released if this returns before the publish; from the publish on, the
@@ -532,15 +570,7 @@ impl State {
             );
         }
         self.metrics.accepted(Mode::Async);
-        let mut resp = warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({"run_id": inv.run_id})),
-            StatusCode::ACCEPTED,
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{}", inv.run_id)) {
-            resp.headers_mut().insert(LOCATION, v);
-        }
-        Ok(resp)
+        Ok(accepted(&inv.run_id))
     }
 
     async fn get_run(&self, run_id: String, headers: HeaderMap) -> Result<Response, GatewayError> {
@@ -971,6 +1001,7 @@ mod tests {
             started_at_ms: None,
             finished_at_ms: None,
             hold: None,
+            schedule_id: None,
         };
         let o = Outcome::from(&d);
         assert_eq!(o.result, Some(serde_json::json!([1])));

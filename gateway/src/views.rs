@@ -80,6 +80,7 @@ mod tests {
             started_at_ms: None,
             finished_at_ms: None,
             hold: None,
+            schedule_id: None,
         }
     }
 

@@ -213,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
                 .is_final()
                 .then_some(now - (n_runs - i) as i64 * 1000 + 20),
             hold: None,
+            schedule_id: None,
         });
         if batch.len() == 1000 {
             db.collection::<RunDoc>(collections::RUNS)

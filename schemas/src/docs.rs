@@ -200,6 +200,9 @@ pub struct RunDoc {
     /// final releases it (`accounts::hold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// The schedule that started it (`trigger: "schedule"`); `None` for invocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
 }
 
 /// One line of a bill.

@@ -435,6 +435,7 @@ pub fn run_doc(user_id: &str, status: schemas::RunStatus, billed: i64) -> schema
         started_at_ms: fin.then_some(now - 90_000),
         finished_at_ms: fin.then_some(now - 60_000 + (n % 1000) as i64),
         hold: None,
+        schedule_id: None,
     }
 }
 

@@ -951,6 +951,7 @@ fn run_doc(user_id: &str, function: &str, status: RunStatus, at: i64, micros: i6
         started_at_ms: Some(at),
         finished_at_ms: status.is_final().then_some(at + 12),
         hold: None,
+        schedule_id: None,
     }
 }
 
