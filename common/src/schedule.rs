@@ -77,6 +77,44 @@ impl Expr {
     }
 }
 
+/// The environment variable naming the shortest interval a schedule may have (default one
+/// minute); the portal (which refuses shorter expressions) reads it too, or its twin
+/// [`PORTAL_MIN_SCHEDULE_ENV`] when set, so both agree.
+pub const MIN_SCHEDULE_ENV: &str = "DISPATCHER_MIN_SCHEDULE";
+/// The portal's override of [`MIN_SCHEDULE_ENV`].
+pub const PORTAL_MIN_SCHEDULE_ENV: &str = "PORTAL_MIN_SCHEDULE";
+
+/// The shortest interval between ticks, in ms, from the first of `keys` set in `env`
+/// (a duration such as `1m` or `1s`); at least one second.
+pub fn min_schedule_ms(
+    env: &crate::config::Env,
+    keys: &[&str],
+) -> Result<i64, crate::config::ConfigError> {
+    for key in keys {
+        if let Some(raw) = env.get(*key).filter(|v| !v.trim().is_empty()) {
+            let d = crate::config::parse_duration(raw.trim())
+                .map_err(|e| crate::config::ConfigError::new(*key, e))?;
+            if d < std::time::Duration::from_secs(1) {
+                return Err(crate::config::ConfigError::new(*key, "must be at least 1s"));
+            }
+            return Ok(d.as_millis() as i64);
+        }
+    }
+    Ok(schemas::schedules::DEFAULT_MIN_SCHEDULE_MS)
+}
+
+/// The run id of schedule `schedule_id`'s tick at `tick_ms`: the same on every dispatcher
+/// (a UUID of version 8 whose bits are the first 16 bytes of SHA-256 of
+/// `"schedule:<id>@<tick_ms>"`), so the run record inserted under it before the invocation is
+/// published makes a tick start at most one run, across failovers too.
+pub fn tick_run_id(schedule_id: &str, tick_ms: i64) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("schedule:{schedule_id}@{tick_ms}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid().to_string()
+}
+
 /// A rate schedule's anchor: `created_ms` rounded up to a whole second.
 pub fn rate_anchor(created_ms: i64) -> i64 {
     (created_ms + 999).div_euclid(1000) * 1000
@@ -235,6 +273,16 @@ mod tests {
 
     fn at(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn tick_run_ids_are_deterministic_uuids() {
+        let a = tick_run_id("s1", 60_000);
+        assert_eq!(a, tick_run_id("s1", 60_000));
+        assert_ne!(a, tick_run_id("s1", 120_000));
+        assert_ne!(a, tick_run_id("s2", 60_000));
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 8);
     }
 
     #[test]

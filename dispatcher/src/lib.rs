@@ -4,6 +4,7 @@
 pub mod config;
 pub mod drf;
 pub mod election;
+pub mod schedules;
 pub mod service;
 
 pub use config::{Config, Flags};

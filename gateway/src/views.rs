@@ -24,6 +24,18 @@ pub fn run_json(d: &RunDoc) -> Value {
     m.insert("function".into(), json!(d.function));
     m.insert("version".into(), json!(d.version));
     m.insert("status".into(), json!(d.status.as_str()));
+    match &d.schedule_id {
+        Some(id) => {
+            m.insert(
+                "trigger".into(),
+                json!(schemas::schedules::TRIGGER_SCHEDULE),
+            );
+            m.insert("schedule_id".into(), json!(id));
+        }
+        None => {
+            m.insert("trigger".into(), json!(schemas::schedules::TRIGGER_INVOKE));
+        }
+    }
     m.insert("args".into(), json_text(&d.args_json));
     if let Some(r) = &d.result_json {
         m.insert("result".into(), json_text(r));

@@ -96,6 +96,9 @@ pub struct Config {
     /// Limits of uploaded code packages (`PORTAL_MAX_UNPACKED_BYTES`,
     /// `PORTAL_MAX_PACKAGE_ENTRIES`; the code itself is at most 20 MiB).
     pub upload_limits: crate::upload::Limits,
+    /// Shortest interval of a schedule, ms (`PORTAL_MIN_SCHEDULE`, else the dispatcher's
+    /// `DISPATCHER_MIN_SCHEDULE`, else one minute).
+    pub min_schedule_ms: i64,
 }
 
 fn duration(
@@ -249,7 +252,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let min_schedule_ms = common::schedule::min_schedule_ms(
+            env,
+            &[
+                common::schedule::PORTAL_MIN_SCHEDULE_ENV,
+                common::schedule::MIN_SCHEDULE_ENV,
+            ],
+        )?;
         Ok(Config {
+            min_schedule_ms,
             signup_per_hour: non_zero(
                 env,
                 flags.signup_per_hour.as_deref(),

@@ -9,6 +9,7 @@ pub mod functions;
 pub mod invoke;
 pub mod keys;
 pub mod runs;
+pub mod schedules;
 
 pub use invoke::invoke_test;
 
