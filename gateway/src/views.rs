@@ -104,8 +104,20 @@ mod tests {
             json!({
                 "run_id": "r1", "function": "adder", "version": 2, "status": "pending",
                 "args": {"a": 1, "$b": {"c.d": 2}}, "logs": "", "cold_start": false,
-                "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z"
+                "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z",
+                "trigger": "invoke"
             })
+        );
+    }
+
+    #[test]
+    fn scheduled_runs_name_their_schedule() {
+        let mut d = doc();
+        d.schedule_id = Some("s1".into());
+        let v = run_json(&d);
+        assert_eq!(
+            (v["trigger"].as_str(), v["schedule_id"].as_str()),
+            (Some("schedule"), Some("s1"))
         );
     }
 
