@@ -168,18 +168,12 @@ pub async fn take_over(
     run_id: &str,
 ) -> Result<bool, GatewayError> {
     let now = schemas::now_ms();
-    let new = entry(&old.user_id, k, run_id, now);
+    let new = IdempotencyDoc {
+        id: old.id.clone(),
+        ..entry(&old.user_id, k, run_id, now)
+    };
     let r = coll(db)
-        .update_one(
-            doc! {"_id": &old.id, "run_id": &old.run_id},
-            doc! {"$set": {
-                "request_hash": &new.request_hash,
-                "run_id": &new.run_id,
-                "created_at_ms": new.created_at_ms,
-                "expires_at_ms": new.expires_at_ms,
-                "expires_at": new.expires_at,
-            }},
-        )
+        .replace_one(doc! {"_id": &old.id, "run_id": &old.run_id}, &new)
         .await
         .map_err(db_err("taking over an idempotency key"))?;
     Ok(r.modified_count == 1)
@@ -246,6 +240,11 @@ impl crate::State {
         inv: &InvocationMsg,
         func: &FunctionDoc,
     ) -> Result<Option<Response>, GatewayError> {
+        if !self.indexes_ready.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(GatewayError::Unavailable(
+                "the gateway is still creating its database indexes; try again shortly".to_owned(),
+            ));
+        }
         let db = self.store.db();
         for _ in 0..5 {
             let won = match claim(db, &inv.user_id, k, &inv.run_id).await? {

@@ -83,6 +83,8 @@ pub struct State {
     draining: AtomicBool,
     inflight: Arc<Semaphore>,
     prices: accounts::PriceBook,
+    /// Set once the indexes exist: an `Idempotency-Key` relies on its unique index.
+    indexes_ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for State {
@@ -596,7 +598,8 @@ impl State {
                 && !self.writer.is_failing();
         let amqp = self.broker.link().state();
         let draining = self.draining.load(Ordering::SeqCst);
-        let status = if mongo && amqp.connected && !draining {
+        let indexes = self.indexes_ready.load(Ordering::SeqCst);
+        let status = if mongo && indexes && amqp.connected && !draining {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -604,6 +607,7 @@ impl State {
         warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
                 "mongodb": mongo,
+                "indexes": indexes,
                 "rabbitmq": amqp.connected,
                 "rabbitmq_error": amqp.last_error,
                 "record_backlog": self.writer.backlog(),
@@ -698,11 +702,14 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-async fn ensure_indexes(db: mongodb::Database) {
+async fn ensure_indexes(db: mongodb::Database, ready: Arc<AtomicBool>) {
     let mut failures = 0u32;
     loop {
         match common::mongo::ensure_indexes(&db).await {
-            Ok(()) => return,
+            Ok(()) => {
+                ready.store(true, Ordering::SeqCst);
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
@@ -725,7 +732,8 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(instance = cfg.instance_id, backends = %cfg.backends, %addr, threads = cfg.threads, "gateway starting");
     let db = common::mongo::connect(&cfg.backends.mongodb_uri, &cfg.backends.mongodb_db).await?;
-    let indexes = tokio::spawn(ensure_indexes(db.clone()));
+    let indexes_ready = Arc::new(AtomicBool::new(false));
+    let indexes = tokio::spawn(ensure_indexes(db.clone(), indexes_ready.clone()));
     let metrics = Metrics::new();
     let (writer, writer_task) = RunWriter::spawn(db.clone());
     let broker = Broker::new(
@@ -755,6 +763,7 @@ pub async fn run(
         limiter: KeyLimiter::new(cfg.rate_per_sec, cfg.burst),
         inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
         prices: accounts::PriceBook::new(),
+        indexes_ready,
         broker,
         writer: writer.clone(),
         metrics,
