@@ -16,6 +16,8 @@ pub struct ScheduleDoc {
     pub expression: String,
     /// The args of every run, as JSON text.
     pub args_json: String,
+    /// Query it with [`enabled_filter`]: some servers store a boolean set by `$set` as 0/1.
+    #[serde(with = "crate::lenient::bool")]
     pub enabled: bool,
     /// The next tick not fired yet (Unix ms). Only the leading dispatcher moves it forward,
     /// with a conditional update from the tick it fired; pausing and resuming recompute it.
@@ -24,6 +26,12 @@ pub struct ScheduleDoc {
     pub anchor_ms: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// The filter value matching an enabled schedule however the server stored the boolean
+/// (`{"enabled": {"$in": [true, 1]}}`).
+pub fn enabled_filter() -> bson::Bson {
+    bson::bson!({"$in": [true, 1]})
 }
 
 /// The trigger of runs a schedule started (`trigger` on the contract's run).

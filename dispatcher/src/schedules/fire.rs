@@ -108,7 +108,7 @@ fn refused_doc(inv: &InvocationMsg, schedule_id: &str, why: &str) -> RunDoc {
 pub async fn fire(ctx: &Ctx, id: &str, tick_ms: i64) -> anyhow::Result<Fired> {
     let schedules = ctx.db.collection::<ScheduleDoc>(collections::SCHEDULES);
     let Some(s) = schedules
-        .find_one(doc! {"_id": id, "enabled": true, "next_tick_ms": tick_ms})
+        .find_one(doc! {"_id": id, "enabled": schemas::schedules::enabled_filter(), "next_tick_ms": tick_ms})
         .await?
     else {
         return Ok(Fired::Gone);
@@ -141,10 +141,11 @@ pub async fn fire(ctx: &Ctx, id: &str, tick_ms: i64) -> anyhow::Result<Fired> {
             next,
             "ticks older than the maximum event age are skipped"
         );
-        return Ok(advance(ctx, &s, tick_ms, next)
-            .await?
-            .then_some(Fired::Skipped { next_ms: next })
-            .unwrap_or(Fired::Gone));
+        return Ok(if advance(ctx, &s, tick_ms, next).await? {
+            Fired::Skipped { next_ms: next }
+        } else {
+            Fired::Gone
+        });
     }
     let next = expr.next_after(s.anchor_ms, tick_ms + ctx.min_schedule_ms - 1);
     let mut inv = invocation(&s, &func, tick_ms, tick_run_id(id, tick_ms));
@@ -253,7 +254,7 @@ async fn advance(ctx: &Ctx, s: &ScheduleDoc, tick_ms: i64, next_ms: i64) -> anyh
         .db
         .collection::<ScheduleDoc>(collections::SCHEDULES)
         .update_one(
-            doc! {"_id": &s.id, "enabled": true, "next_tick_ms": tick_ms},
+            doc! {"_id": &s.id, "enabled": schemas::schedules::enabled_filter(), "next_tick_ms": tick_ms},
             doc! {"$set": {"next_tick_ms": next_ms}},
         )
         .await?;

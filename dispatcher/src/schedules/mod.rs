@@ -36,6 +36,9 @@ pub const CONCURRENCY: usize = 512;
 /// How long a schedule whose tick failed (e.g. RabbitMQ unreachable) waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Told what every fired tick did.
+pub type Observer = Box<dyn Fn(&Fired) + Send + Sync>;
+
 /// Everything firing needs.
 pub struct Ctx {
     pub db: Database,
@@ -44,8 +47,8 @@ pub struct Ctx {
     pub limits: accounts::Limits,
     /// No schedule fires more often than this (`DISPATCHER_MIN_SCHEDULE`).
     pub min_schedule_ms: i64,
-    /// Told the lateness (ms after its tick) of every run started; the bench reads it.
-    pub observer: Option<Box<dyn Fn(&Fired) + Send + Sync>>,
+    /// Told what every fired tick did (the bench reads the lateness of each run).
+    pub observer: Option<Observer>,
 }
 
 /// The running loop; dropping it stops firing at once.
@@ -114,7 +117,7 @@ async fn refresh(ctx: &Ctx, t: &mut Timers, firing: &HashMap<String, i64>) -> an
     let mut cur = ctx
         .db
         .collection::<ScheduleDoc>(collections::SCHEDULES)
-        .find(doc! {"enabled": true, "next_tick_ms": {"$lte": horizon}})
+        .find(doc! {"enabled": schemas::schedules::enabled_filter(), "next_tick_ms": {"$lte": horizon}})
         .projection(doc! {"_id": 1, "next_tick_ms": 1, "user_id": 1, "function_id": 1, "function": 1,
             "expression": 1, "args_json": 1, "enabled": 1, "anchor_ms": 1, "created_at_ms": 1, "updated_at_ms": 1})
         .await?;

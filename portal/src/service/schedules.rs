@@ -190,10 +190,13 @@ pub async fn set_enabled(
         set.insert("next_tick_ms", next);
     }
     schedules(st)
-        .find_one_and_update(doc! {"_id": id, "user_id": uid}, doc! {"$set": set})
-        .return_document(mongodb::options::ReturnDocument::After)
+        .update_one(doc! {"_id": id, "user_id": uid}, doc! {"$set": set})
         .await
-        .map_err(db_err("updating the schedule"))?
+        .map_err(db_err("updating the schedule"))?;
+    schedules(st)
+        .find_one(doc! {"_id": id, "user_id": uid})
+        .await
+        .map_err(db_err("reading the schedule"))?
         .ok_or(PortalError::NotFound("schedule"))
 }
 
