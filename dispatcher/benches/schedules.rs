@@ -142,7 +142,10 @@ async fn bench() {
     let seen = lateness.clone();
     let observer: schedules::Observer = Box::new(move |f: &Fired| {
         if let Fired::Ran { late_ms, .. } = f {
-            seen.lock().unwrap().record((*late_ms).max(1) as u64).unwrap();
+            seen.lock()
+                .unwrap()
+                .record((*late_ms).max(1) as u64)
+                .unwrap();
             let _ = done_tx.send(());
         }
     });
