@@ -158,6 +158,7 @@ async fn bench() {
             max_sync: i64::MAX,
         },
         min_schedule_ms: 1000,
+        functions: Default::default(),
         observer: Some(observer),
     }));
     let mut fired = 0;
@@ -169,7 +170,7 @@ async fn bench() {
         }
     }
     drop(firing);
-    let h = lateness.lock().unwrap();
+    let h = lateness.lock().unwrap().clone();
     println!(
         "fired {fired} of {n} ticks (first tick {} s after seeding began)",
         (first - schemas::now_ms() + t0.elapsed().as_millis() as i64) / 1000

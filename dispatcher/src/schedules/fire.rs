@@ -116,11 +116,7 @@ pub async fn fire(ctx: &Ctx, id: &str, tick_ms: i64) -> anyhow::Result<Fired> {
     let Ok(expr) = Expr::parse(&s.expression) else {
         return Ok(Fired::Gone);
     };
-    let raw = ctx
-        .db
-        .collection::<bson::Document>(collections::FUNCTIONS)
-        .find_one(doc! {"_id": &s.function_id})
-        .await?;
+    let raw = ctx.functions.get(&ctx.db, &s.function_id).await?;
     let Some(raw) = raw else {
         // The function was deleted (or replaced under a new id): its schedules go with it.
         schedules.delete_one(doc! {"_id": id}).await?;

@@ -36,6 +36,37 @@ pub const CONCURRENCY: usize = 512;
 /// How long a schedule whose tick failed (e.g. RabbitMQ unreachable) waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long a function read for a tick serves later ticks (a changed function reaches
+/// scheduled runs within this).
+pub const FUNCTION_TTL: Duration = Duration::from_secs(2);
+
+/// Functions by id, with the time they were read; `None`: not found.
+#[derive(Default)]
+pub struct FunctionCache(
+    std::sync::Mutex<HashMap<String, (std::time::Instant, Option<bson::Document>)>>,
+);
+
+impl FunctionCache {
+    /// The function `id` (its raw document), from the cache or MongoDB.
+    pub async fn get(&self, db: &Database, id: &str) -> anyhow::Result<Option<bson::Document>> {
+        if let Some((at, d)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            if at.elapsed() < FUNCTION_TTL {
+                return Ok(d.clone());
+            }
+        }
+        let d = db
+            .collection::<bson::Document>(collections::FUNCTIONS)
+            .find_one(doc! {"_id": id})
+            .await?;
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 100_000 {
+            m.clear();
+        }
+        m.insert(id.to_owned(), (std::time::Instant::now(), d.clone()));
+        Ok(d)
+    }
+}
+
 /// Told what every fired tick did.
 pub type Observer = Box<dyn Fn(&Fired) + Send + Sync>;
 
@@ -47,6 +78,8 @@ pub struct Ctx {
     pub limits: accounts::Limits,
     /// No schedule fires more often than this (`DISPATCHER_MIN_SCHEDULE`).
     pub min_schedule_ms: i64,
+    /// Functions read by recent ticks (one read per function per [`FUNCTION_TTL`], not per tick).
+    pub functions: FunctionCache,
     /// Told what every fired tick did (the bench reads the lateness of each run).
     pub observer: Option<Observer>,
 }

@@ -74,6 +74,7 @@ impl Dispatcher {
                 prices: accounts::PriceBook::new(),
                 limits: accounts::Limits::default(),
                 min_schedule_ms: self.cfg.min_schedule_ms,
+                functions: Default::default(),
                 observer: None,
             },
         )));
