@@ -51,7 +51,7 @@ impl Fired {
 }
 
 /// The function's `max_event_age_s` when it has one (a v1.1 field), else 6 h, in ms.
-fn max_age_ms(func: &bson::Document) -> i64 {
+pub(super) fn max_age_ms(func: &bson::Document) -> i64 {
     match func.get("max_event_age_s") {
         Some(v) => {
             let s = schemas::lenient::int(Some(v));
@@ -65,7 +65,12 @@ fn max_age_ms(func: &bson::Document) -> i64 {
     }
 }
 
-fn invocation(s: &ScheduleDoc, f: &FunctionDoc, tick_ms: i64, run_id: String) -> InvocationMsg {
+pub(super) fn invocation(
+    s: &ScheduleDoc,
+    f: &FunctionDoc,
+    tick_ms: i64,
+    run_id: String,
+) -> InvocationMsg {
     InvocationMsg {
         v: schemas::MESSAGE_VERSION,
         run_id,
@@ -91,7 +96,7 @@ fn invocation(s: &ScheduleDoc, f: &FunctionDoc, tick_ms: i64, run_id: String) ->
 }
 
 /// The record of a tick refused for credit or limits: final, failed, not billed.
-fn refused_doc(inv: &InvocationMsg, schedule_id: &str, why: &str) -> RunDoc {
+pub(super) fn refused_doc(inv: &InvocationMsg, schedule_id: &str, why: &str) -> RunDoc {
     let mut d = pending_doc(inv);
     d.status = RunStatus::Failed;
     d.error = Some(RunError::new(
@@ -181,7 +186,7 @@ pub async fn fire(ctx: &Ctx, id: &str, tick_ms: i64) -> anyhow::Result<Fired> {
     })
 }
 
-async fn reserve(
+pub(super) async fn reserve(
     ctx: &Ctx,
     func: &FunctionDoc,
 ) -> Result<accounts::Reservation, accounts::ReserveError> {

@@ -5,10 +5,12 @@
 //! `max_event_age_s` (default 6 h).
 //!
 //! The loop keeps the ticks due within [`WINDOW`] in a timer heap: it reads the enabled
-//! schedules due by then every [`REFRESH`] (new, resumed or late ones), fires each at its tick
-//! (up to [`CONCURRENCY`] at once) and pushes the schedule's next tick straight back into the
+//! schedules due by then every [`REFRESH`] (new, resumed or late ones), fires the ticks due
+//! in batches ([`batch`]: up to [`CONCURRENCY`] batches at once, ticks due meanwhile making
+//! the next batch) and pushes the schedule's next tick straight back into the
 //! heap when it falls within the window, so a fast schedule does not wait for a refresh.
 
+pub mod batch;
 pub mod fire;
 
 use std::cmp::Reverse;
@@ -22,7 +24,6 @@ use futures::TryStreamExt;
 use mongodb::Database;
 use schemas::names::collections;
 use schemas::schedules::ScheduleDoc;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use fire::Fired;
@@ -31,8 +32,11 @@ pub use fire::Fired;
 pub const WINDOW: Duration = Duration::from_secs(2);
 /// How often the loop reads the schedules due within [`WINDOW`].
 pub const REFRESH: Duration = Duration::from_millis(500);
-/// Ticks fired at once.
-pub const CONCURRENCY: usize = 512;
+/// Batches of ticks being fired at once; ticks that fall due meanwhile wait for the next batch
+/// (group commit: batches grow with load).
+pub const CONCURRENCY: usize = 4;
+/// Most ticks in one batch.
+pub const BATCH: usize = 500;
 /// How long a schedule whose tick failed (e.g. RabbitMQ unreachable) waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -166,12 +170,18 @@ async fn refresh(ctx: &Ctx, t: &mut Timers, firing: &HashMap<String, i64>) -> an
 async fn run(ctx: Arc<Ctx>) {
     let mut timers = Timers::default();
     let mut firing: HashMap<String, i64> = HashMap::new();
-    let mut tasks: JoinSet<(String, i64, anyhow::Result<Fired>)> = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut waiting: Vec<(String, i64)> = Vec::new();
+    let mut tasks: JoinSet<batch::Outcomes> = JoinSet::new();
     let mut refresh_every = tokio::time::interval(REFRESH);
     refresh_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!("firing schedules");
     loop {
+        while !waiting.is_empty() && tasks.len() < CONCURRENCY {
+            let n = waiting.len().min(BATCH);
+            let part: Vec<(String, i64)> = waiting.drain(..n).collect();
+            let ctx = ctx.clone();
+            tasks.spawn(async move { batch::fire_batch(&ctx, part).await });
+        }
         let wake = timers.next_due().map(|t| {
             let wait = (t - schemas::now_ms()).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(wait)
@@ -186,33 +196,38 @@ async fn run(ctx: Arc<Ctx>) {
                 for (id, tick) in timers.due(schemas::now_ms()) {
                     timers.known.remove(&id);
                     firing.insert(id.clone(), tick);
-                    let (ctx, slots) = (ctx.clone(), slots.clone());
-                    tasks.spawn(async move {
-                        let _slot = slots.acquire_owned().await;
-                        let r = fire::fire(&ctx, &id, tick).await;
-                        (id, tick, r)
-                    });
+                    waiting.push((id, tick));
                 }
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((id, tick, r)) = done else { continue };
-                firing.remove(&id);
-                match r {
-                    Ok(f) => {
-                        if let Some(obs) = &ctx.observer {
-                            obs(&f);
-                        }
-                        let horizon = schemas::now_ms() + WINDOW.as_millis() as i64;
-                        if let Some(next) = f.next_ms().filter(|n| *n <= horizon) {
-                            timers.push(id, next);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(schedule_id = id, tick, error = %format!("{e:#}"), "firing a tick failed; trying again shortly");
-                        timers.backoff.insert(id, schemas::now_ms() + RETRY.as_millis() as i64);
-                    }
+                let Ok(outcomes) = done else { continue };
+                for (id, tick, r) in outcomes {
+                    firing.remove(&id);
+                    finished(&ctx, &mut timers, id, tick, r);
                 }
             }
+        }
+    }
+}
+
+/// Takes a fired tick's outcome: its schedule's next tick goes into the heap when it is due
+/// within the window; a failed one waits [`RETRY`].
+fn finished(ctx: &Ctx, timers: &mut Timers, id: String, tick: i64, r: anyhow::Result<Fired>) {
+    match r {
+        Ok(f) => {
+            if let Some(obs) = &ctx.observer {
+                obs(&f);
+            }
+            let horizon = schemas::now_ms() + WINDOW.as_millis() as i64;
+            if let Some(next) = f.next_ms().filter(|n| *n <= horizon) {
+                timers.push(id, next);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(schedule_id = id, tick, error = %format!("{e:#}"), "firing a tick failed; trying again shortly");
+            timers
+                .backoff
+                .insert(id, schemas::now_ms() + RETRY.as_millis() as i64);
         }
     }
 }
