@@ -121,3 +121,43 @@ pub(super) async fn section(c: &Ctx, uid: &str, name: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::render::{context, fragment, Chrome};
+    use serde_json::json;
+
+    #[test]
+    fn the_function_page_lists_schedules_with_csrf_forms() {
+        let chrome = Chrome {
+            csrf: "tok123".into(),
+            ..Default::default()
+        };
+        let data = json!({
+            "function": {"name": "echo", "args": []},
+            "schedules": [
+                {"id": "s1", "expression": "rate(5 minutes)", "args": "{\"a\":\"<b>\"}", "enabled": true, "next": "2026-12-07 05:00"},
+                {"id": "s2", "expression": "cron(0 9 * * *)", "args": "{}", "enabled": false, "next": "paused"}
+            ],
+            "min_schedule_s": 60,
+        });
+        let body = fragment("function", &context(&chrome, data));
+        for needle in [
+            r#"action="/schedules/s1/pause""#,
+            r#"action="/schedules/s2/resume""#,
+            r#"action="/schedules/s1/delete""#,
+            r#"action="/functions/echo/schedules""#,
+            r#"name="function" value="echo""#,
+            "rate(5 minutes)",
+            "2026-12-07 05:00",
+            "&lt;b&gt;",
+        ] {
+            assert!(body.contains(needle), "{needle} missing");
+        }
+        // Every schedule form carries the session's CSRF token.
+        let forms = body.matches("<form method=\"post\"").count();
+        let tokens = body.matches(r#"name="csrf" value="tok123""#).count();
+        assert!(forms >= 6, "{forms}");
+        assert_eq!(forms, tokens);
+    }
+}
