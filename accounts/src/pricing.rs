@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bson::doc;
-use schemas::{Hold, PriceDoc, PricedResource, Resources};
+use schemas::{FunctionDoc, Hold, Mode, PriceDoc, PricedResource, Resources};
 
 /// The four prices, in micros per unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,16 @@ impl Prices {
     /// The most an invocation can cost: its whole timeout at its resources, plus the request.
     pub fn worst_case(&self, timeout_ms: u64, r: Resources) -> i64 {
         self.run_cost(timeout_ms, r)
+    }
+
+    /// What accepting an invocation of `func` reserves: the worst case of every attempt it
+    /// may take (an async run has up to `1 + retries`; a sync call never retries).
+    pub fn invocation_worst_case(&self, func: &FunctionDoc, mode: Mode) -> i64 {
+        let one = self.worst_case(func.timeout_ms, func.resources);
+        match mode {
+            Mode::Sync => one,
+            Mode::Async => one.saturating_mul(1 + i64::from(func.retries)),
+        }
     }
 
     /// The price documents, as stored and as served by `GET /api/v1/pricing`.

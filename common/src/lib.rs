@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mongo;
 pub mod ops;
 pub mod runstore;
+pub mod schedule;
 pub mod secrets;
 pub mod service;
 pub mod shutdown;

@@ -34,6 +34,7 @@ pub async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
                 IndexOptions::builder()
                     .name(spec.name.to_owned())
                     .unique(spec.unique)
+                    .expire_after(spec.expire_after_s.map(std::time::Duration::from_secs))
                     .build(),
             )
             .build();

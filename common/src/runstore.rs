@@ -650,6 +650,7 @@ pub fn pending_doc(inv: &schemas::InvocationMsg) -> RunDoc {
         attempts: Vec::new(),
         next_attempt_at_ms: None,
         dead_letter: None,
+        schedule_id: None,
     }
 }
 
@@ -683,6 +684,7 @@ pub fn finished_doc(r: &schemas::ResultMsg, args_json: String, created_at_ms: i6
         started_at_ms: r.started_at_ms,
         finished_at_ms: Some(r.finished_at_ms),
         hold: r.hold,
+        schedule_id: None,
         attempts: Vec::new(),
         next_attempt_at_ms: None,
         dead_letter: None,

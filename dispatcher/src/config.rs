@@ -44,6 +44,10 @@ pub struct Config {
     pub missed_beats: u32,
     /// Worker threads of the async runtime (`DISPATCHER_THREADS`); 1 polls everything on one thread.
     pub threads: usize,
+    /// Shortest interval between two ticks of a schedule, ms (`DISPATCHER_MIN_SCHEDULE`,
+    /// default 1m; the portal refuses shorter expressions, and the leader never fires one
+    /// schedule more often).
+    pub min_schedule_ms: i64,
 }
 
 impl Config {
@@ -74,7 +78,10 @@ impl Config {
                 "must be at least 1s",
             ));
         }
+        let min_schedule_ms =
+            common::schedule::min_schedule_ms(env, &[common::schedule::MIN_SCHEDULE_ENV])?;
         Ok(Config {
+            min_schedule_ms,
             addr: config::string(
                 env,
                 flags.addr.as_deref(),

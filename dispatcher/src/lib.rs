@@ -5,6 +5,7 @@ pub mod config;
 pub mod drf;
 pub mod election;
 pub mod limits;
+pub mod schedules;
 pub mod service;
 
 pub use config::{Config, Flags};

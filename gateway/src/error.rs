@@ -27,6 +27,12 @@ pub enum GatewayError {
     BadInvocationType(String),
     #[error("{0}")]
     BadCallbackUrl(String),
+    /// `Idempotency-Key` empty, too long or not visible ASCII (400).
+    #[error("{0}")]
+    BadIdempotencyKey(String),
+    /// The same `Idempotency-Key` came with another function or body (409).
+    #[error("the Idempotency-Key {key:?} was used within 24 h for another request (a different function or body); use a new key")]
+    IdempotencyConflict { key: String },
     #[error("the body is larger than the {limit} bytes allowed for {kind} invocations")]
     PayloadTooLarge { limit: u64, kind: &'static str },
     #[error("too many requests for this API key; retry after {retry_after_secs} s")]
@@ -111,6 +117,8 @@ pub fn api_error(e: &GatewayError) -> ApiError {
         G::InvalidArgs(_) => (StatusCode::BAD_REQUEST, "invalid_args"),
         G::BadInvocationType(_) => (StatusCode::BAD_REQUEST, "invalid_invocation_type"),
         G::BadCallbackUrl(_) => (StatusCode::BAD_REQUEST, "invalid_callback_url"),
+        G::BadIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+        G::IdempotencyConflict { .. } => (StatusCode::CONFLICT, "idempotency_conflict"),
         G::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         G::RateLimited { retry_after_secs } => {
             return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg)
@@ -210,6 +218,16 @@ mod tests {
             (G::NoSuchFunction("f".into()), 404, "not_found"),
             (G::NoSuchRun("r".into()), 404, "not_found"),
             (G::NoRoute, 404, "no_route"),
+            (
+                G::BadIdempotencyKey("k".into()),
+                400,
+                "invalid_idempotency_key",
+            ),
+            (
+                G::IdempotencyConflict { key: "k".into() },
+                409,
+                "idempotency_conflict",
+            ),
             (G::MethodNotAllowed, 405, "method_not_allowed"),
             (G::InvalidJson("eof".into()), 400, "invalid_json"),
             (G::InvalidArgs("a".into()), 400, "invalid_args"),

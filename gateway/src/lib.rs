@@ -5,9 +5,10 @@
 //! `GET /openapi.json` (the OpenAPI 3 document of all of them, [`OPENAPI`]).
 //! The order of checks on an invocation is: draining (503), API key (401), rate limit (429),
 //! `X-Invocation-Type` (400), `Content-Length` (413), function (404), body size (413), JSON
-//! (400), args schema (400), `X-Callback-Url` (400), the reservation of the invocation's worst
-//! case against the user's credit and limits (402, 429 `user_limit`; `accounts::hold`), then
-//! the publish (503 when RabbitMQ is unreachable).
+//! (400), args schema (400), `X-Callback-Url` (400), a live `Idempotency-Key` (409 on another
+//! body, else the first run's answer; [`idempotency`]), the reservation of the invocation's
+//! worst case against the user's credit and limits (402, 429 `user_limit`; `accounts::hold`),
+//! the claim of the `Idempotency-Key`, then the publish (503 when RabbitMQ is unreachable).
 
 pub mod args;
 pub mod broker;
@@ -16,6 +17,7 @@ pub mod callbacks;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod ratelimit;
 pub mod store;
@@ -81,6 +83,8 @@ pub struct State {
     draining: AtomicBool,
     inflight: Arc<Semaphore>,
     prices: accounts::PriceBook,
+    /// Set once the indexes exist: an `Idempotency-Key` relies on its unique index.
+    indexes_ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for State {
@@ -181,27 +185,14 @@ pub fn parse_args(body: &[u8]) -> Result<Value, GatewayError> {
     serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))
 }
 
-/// What accepting an invocation reserves: the worst case of every attempt it may take (an
-/// async run has up to `1 + retries`; a sync call never retries).
+/// What accepting an invocation reserves (`accounts::Prices::invocation_worst_case`).
 pub fn worst_case(prices: &accounts::Prices, func: &FunctionDoc, mode: Mode) -> i64 {
-    let one = prices.worst_case(func.timeout_ms, func.resources);
-    match mode {
-        Mode::Sync => one,
-        Mode::Async => one.saturating_mul(1 + i64::from(func.retries)),
-    }
+    prices.invocation_worst_case(func, mode)
 }
 
-/// The retry state of a new invocation: the function's `retries` and `max_event_age_s` for
-/// async runs; sync calls are attempted once and never expire.
+/// The retry state of a new invocation (`schemas::RetryState::first`).
 pub fn retry_state(func: &FunctionDoc, mode: Mode) -> schemas::RetryState {
-    match mode {
-        Mode::Sync => schemas::RetryState::default(),
-        Mode::Async => schemas::RetryState {
-            retries: func.retries,
-            max_event_age_s: Some(func.max_event_age_s),
-            ..Default::default()
-        },
-    }
+    schemas::RetryState::first(func, mode)
 }
 
 /// The final record of a run whose invocation never reached RabbitMQ: failed by the platform,
@@ -216,6 +207,19 @@ pub fn unpublished_doc(inv: &InvocationMsg, why: &str) -> RunDoc {
     d.bill_state = BillState::Exempt;
     d.finished_at_ms = Some(schemas::now_ms());
     d
+}
+
+/// The 202 answer of an accepted async invocation: `{run_id}` and its `Location`.
+pub fn accepted(run_id: &str) -> Response {
+    let mut resp = warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "run_id": run_id })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{run_id}")) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
 }
 
 /// What a finished run tells a sync caller.
@@ -390,6 +394,7 @@ impl State {
         }
         let key = self.authenticate(&headers).await?;
         let override_mode = invocation_type(&headers)?;
+        let idem_key = idempotency::key_of(&headers)?;
         let content_length = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -410,6 +415,18 @@ impl State {
         let body = read_body(body, mode).await?;
         let args = parse_args(&body)?;
         args::validate(&func.args_schema, &args).map_err(GatewayError::InvalidArgs)?;
+        let idem = idem_key.map(|k| idempotency::IdemKey {
+            hash: idempotency::request_hash(&func.name, &body),
+            key: k,
+        });
+        if let Some(k) = &idem {
+            if let Some(resp) = self
+                .repeat_before_reserving(&key.user_id, k, &func, mode)
+                .await?
+            {
+                return Ok(resp);
+            }
+        }
         self.check_records()?;
         let reservation = self.reserve(&key.user_id, &func, mode).await?;
 
@@ -436,10 +453,20 @@ impl State {
             retry: retry_state(&func, mode),
             config: func.config.clone(),
         };
-        match mode {
-            Mode::Sync => self.invoke_sync(inv, reservation).await,
-            Mode::Async => self.invoke_async(inv, reservation).await,
+        if let Some(k) = &idem {
+            if let Some(resp) = self.claim_key(k, &inv, &func).await? {
+                return Ok(resp);
+            }
         }
+        let answer = match mode {
+            Mode::Sync => self.invoke_sync(inv.clone(), reservation).await,
+            Mode::Async => self.invoke_async(inv.clone(), reservation).await,
+        };
+        if let (Some(k), Err(GatewayError::Unavailable(_))) = (&idem, &answer) {
+            // Not published: a retry with the same key starts afresh.
+            idempotency::release(self.store.db(), &inv.user_id, &k.key, &inv.run_id).await;
+        }
+        answer
     }
 
     /// `reservation` is released if this returns before the publish; from the publish on, the
@@ -562,15 +589,7 @@ impl State {
             );
         }
         self.metrics.accepted(Mode::Async);
-        let mut resp = warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({"run_id": inv.run_id})),
-            StatusCode::ACCEPTED,
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{}", inv.run_id)) {
-            resp.headers_mut().insert(LOCATION, v);
-        }
-        Ok(resp)
+        Ok(accepted(&inv.run_id))
     }
 
     async fn get_run(&self, run_id: String, headers: HeaderMap) -> Result<Response, GatewayError> {
@@ -596,7 +615,8 @@ impl State {
                 && !self.writer.is_failing();
         let amqp = self.broker.link().state();
         let draining = self.draining.load(Ordering::SeqCst);
-        let status = if mongo && amqp.connected && !draining {
+        let indexes = self.indexes_ready.load(Ordering::SeqCst);
+        let status = if mongo && indexes && amqp.connected && !draining {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -604,6 +624,7 @@ impl State {
         warp::reply::with_status(
             warp::reply::json(&serde_json::json!({
                 "mongodb": mongo,
+                "indexes": indexes,
                 "rabbitmq": amqp.connected,
                 "rabbitmq_error": amqp.last_error,
                 "record_backlog": self.writer.backlog(),
@@ -698,11 +719,14 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-async fn ensure_indexes(db: mongodb::Database) {
+async fn ensure_indexes(db: mongodb::Database, ready: Arc<AtomicBool>) {
     let mut failures = 0u32;
     loop {
         match common::mongo::ensure_indexes(&db).await {
-            Ok(()) => return,
+            Ok(()) => {
+                ready.store(true, Ordering::SeqCst);
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
@@ -725,7 +749,8 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(instance = cfg.instance_id, backends = %cfg.backends, %addr, threads = cfg.threads, "gateway starting");
     let db = common::mongo::connect(&cfg.backends.mongodb_uri, &cfg.backends.mongodb_db).await?;
-    let indexes = tokio::spawn(ensure_indexes(db.clone()));
+    let indexes_ready = Arc::new(AtomicBool::new(false));
+    let indexes = tokio::spawn(ensure_indexes(db.clone(), indexes_ready.clone()));
     let metrics = Metrics::new();
     let (writer, writer_task) = RunWriter::spawn(db.clone());
     let broker = Broker::new(
@@ -755,6 +780,7 @@ pub async fn run(
         limiter: KeyLimiter::new(cfg.rate_per_sec, cfg.burst),
         inflight: Arc::new(Semaphore::new(cfg.max_inflight)),
         prices: accounts::PriceBook::new(),
+        indexes_ready,
         broker,
         writer: writer.clone(),
         metrics,
@@ -1020,6 +1046,7 @@ mod tests {
             attempts: Vec::new(),
             next_attempt_at_ms: None,
             dead_letter: None,
+            schedule_id: None,
         };
         let o = Outcome::from(&d);
         assert_eq!(o.result, Some(serde_json::json!([1])));

@@ -125,6 +125,17 @@ impl Metrics {
             .inc();
     }
 
+    /// One invocation answered from an earlier run with the same `Idempotency-Key`.
+    pub fn idempotent_repeat(&self) {
+        self.registry
+            .counter(
+                "colorfaas_gateway_idempotent_repeats_total",
+                "invocations answered from the run of an earlier call with the same Idempotency-Key",
+                &[],
+            )
+            .inc();
+    }
+
     /// One callback delivered, given up on, or refused by the address policy.
     pub fn callback(&self, outcome: &str) {
         self.registry

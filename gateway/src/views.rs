@@ -24,6 +24,18 @@ pub fn run_json(d: &RunDoc) -> Value {
     m.insert("function".into(), json!(d.function));
     m.insert("version".into(), json!(d.version));
     m.insert("status".into(), json!(d.status.as_str()));
+    match &d.schedule_id {
+        Some(id) => {
+            m.insert(
+                "trigger".into(),
+                json!(schemas::schedules::TRIGGER_SCHEDULE),
+            );
+            m.insert("schedule_id".into(), json!(id));
+        }
+        None => {
+            m.insert("trigger".into(), json!(schemas::schedules::TRIGGER_INVOKE));
+        }
+    }
     m.insert("args".into(), json_text(&d.args_json));
     if let Some(r) = &d.result_json {
         m.insert("result".into(), json_text(r));
@@ -111,6 +123,7 @@ mod tests {
             attempts: Vec::new(),
             next_attempt_at_ms: None,
             dead_letter: None,
+            schedule_id: None,
         }
     }
 
@@ -123,7 +136,8 @@ mod tests {
                 "run_id": "r1", "function": "adder", "version": 2, "status": "pending",
                 "args": {"a": 1, "$b": {"c.d": 2}}, "logs": "", "cold_start": false,
                 "duration_ms": 0, "billed_micros": 0, "created_at": "2024-05-01T12:00:00.123Z",
-                "attempts": []
+                "attempts": [],
+                "trigger": "invoke"
             })
         );
     }
@@ -151,6 +165,17 @@ mod tests {
                 "duration_ms": 100, "billed_micros": 7,
                 "started_at": "2024-05-01T12:00:00.200Z", "finished_at": "2024-05-01T12:00:00.300Z"
             }])
+        );
+    }
+
+    #[test]
+    fn scheduled_runs_name_their_schedule() {
+        let mut d = doc();
+        d.schedule_id = Some("s1".into());
+        let v = run_json(&d);
+        assert_eq!(
+            (v["trigger"].as_str(), v["schedule_id"].as_str()),
+            (Some("schedule"), Some("s1"))
         );
     }
 

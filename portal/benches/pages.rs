@@ -219,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
             attempts: Vec::new(),
             next_attempt_at_ms: None,
             dead_letter: None,
+            schedule_id: None,
         });
         if batch.len() == 1000 {
             db.collection::<RunDoc>(collections::RUNS)

@@ -18,7 +18,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::error::PortalError;
-use crate::service::{self, account, functions, keys, runs};
+use crate::service::{self, account, functions, keys, runs, schedules};
 use crate::state::State;
 
 /// The JSON API's OpenAPI 3 document (`portal/openapi.json`), served at
@@ -212,6 +212,12 @@ struct TopupReq {
     card_cvc: String,
 }
 
+#[derive(Deserialize)]
+struct SchedulePatch {
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
 /// The code of a spec: 400 when missing, 413 when too large.
 fn spec_code(
     spec: &functions::FunctionSpec,
@@ -299,7 +305,8 @@ where
         | ["runs", ..]
         | ["account", ..]
         | ["bills", ..]
-        | ["dead-letters", ..] => {
+        | ["dead-letters", ..]
+        | ["schedules", ..] => {
             let user = crate::auth::api_user(st, &req.headers).await?;
             authed(st, &req, &user.id, &p, body).await
         }
@@ -430,6 +437,37 @@ where
             let outcome = service::invoke_test(st, uid, name, args).await?;
             gateway::sync_response(outcome).map_err(PortalError::Invoke)
         }
+        (["functions", name, "schedules"], Method::POST) => {
+            let b = read_body(
+                req,
+                body,
+                SMALL_BODY + schedules::ARGS_BYTES as u64,
+                "the body",
+            )
+            .await?;
+            let n: schedules::NewSchedule = parse(&b)?;
+            let d = schedules::create(st, uid, name, &n).await?;
+            Ok(created(&schedules::schedule_json(&d), None))
+        }
+        (["functions", name, "schedules"], Method::GET) => {
+            let all = schedules::list(st, uid, name).await?;
+            Ok(ok(&Value::Array(
+                all.iter().map(schedules::schedule_json).collect(),
+            )))
+        }
+        (["schedules", id], Method::PATCH) => {
+            let b = read_body(req, body, SMALL_BODY, "the body").await?;
+            let p: SchedulePatch = parse(&b)?;
+            let enabled = p
+                .enabled
+                .ok_or_else(|| PortalError::invalid("enabled", "send {\"enabled\": true|false}"))?;
+            let d = schedules::set_enabled(st, uid, id, enabled).await?;
+            Ok(ok(&schedules::schedule_json(&d)))
+        }
+        (["schedules", id], Method::DELETE) => {
+            schedules::delete(st, uid, id).await?;
+            Ok(no_content())
+        }
         (["runs"], Method::GET) => {
             let f = runs::RunFilter::parse(
                 req.query("function").as_deref(),
@@ -497,6 +535,8 @@ where
             | ["functions", _, "test"]
             | ["functions", _, "versions"]
             | ["functions", _, "metrics"]
+            | ["functions", _, "schedules"]
+            | ["schedules", _]
             | ["runs"]
             | ["runs", _]
             | ["account"]

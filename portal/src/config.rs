@@ -101,6 +101,9 @@ pub struct Config {
     pub min_event_age_s: u64,
     /// Seals functions' secrets (`COLORFAAS_SECRETS_KEY`); `None`: secrets cannot be set (503).
     pub secrets_key: Option<common::secrets::SecretsKey>,
+    /// Shortest interval of a schedule, ms (`PORTAL_MIN_SCHEDULE`, else the dispatcher's
+    /// `DISPATCHER_MIN_SCHEDULE`, else one minute).
+    pub min_schedule_ms: i64,
 }
 
 fn duration(
@@ -266,9 +269,17 @@ impl Config {
                 "must be between 1 and 60",
             ));
         }
+        let min_schedule_ms = common::schedule::min_schedule_ms(
+            env,
+            &[
+                common::schedule::PORTAL_MIN_SCHEDULE_ENV,
+                common::schedule::MIN_SCHEDULE_ENV,
+            ],
+        )?;
         Ok(Config {
             min_event_age_s,
             secrets_key: common::secrets::SecretsKey::from_env(env)?,
+            min_schedule_ms,
             signup_per_hour: non_zero(
                 env,
                 flags.signup_per_hour.as_deref(),

@@ -233,6 +233,9 @@ pub struct RunDoc {
     /// final releases it (`accounts::hold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// The schedule that started it (`trigger: "schedule"`); `None` for invocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
     /// Every attempt so far, in order (the top-level fields describe the last one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,

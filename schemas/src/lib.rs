@@ -8,6 +8,7 @@ pub mod lenient;
 pub mod messages;
 pub mod names;
 pub mod rules;
+pub mod schedules;
 mod strings;
 
 pub use docs::*;

@@ -81,6 +81,21 @@ fn one() -> u32 {
     1
 }
 
+impl RetryState {
+    /// A new invocation's: the function's `retries` and `max_event_age_s` for async runs;
+    /// sync calls are attempted once and never expire.
+    pub fn first(func: &crate::FunctionDoc, mode: Mode) -> RetryState {
+        match mode {
+            Mode::Sync => RetryState::default(),
+            Mode::Async => RetryState {
+                retries: func.retries,
+                max_event_age_s: Some(func.max_event_age_s),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 impl Default for RetryState {
     fn default() -> Self {
         RetryState {

@@ -117,6 +117,10 @@ pub mod collections {
     pub const HISTORY: &str = "account_history";
     pub const LEASES: &str = "leases";
     pub const LOGIN_ATTEMPTS: &str = "login_attempts";
+    /// Schedules of functions (`ScheduleDoc`).
+    pub const SCHEDULES: &str = "schedules";
+    /// The gateway's `Idempotency-Key`s (`IdempotencyDoc`).
+    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
     /// GridFS bucket holding function code packages, one file per content hash.
     pub const CODE_BUCKET: &str = "code";
     /// The bucket's chunks collection (GridFS layout).
@@ -130,6 +134,8 @@ pub struct IndexSpec {
     pub name: &'static str,
     pub keys: Document,
     pub unique: bool,
+    /// A TTL index: documents expire this many seconds after the date in its one key.
+    pub expire_after_s: Option<u64>,
 }
 
 /// Every index the components rely on. Created idempotently at start by whoever starts first.
@@ -140,6 +146,7 @@ pub fn indexes() -> Vec<IndexSpec> {
         name,
         keys,
         unique,
+        expire_after_s: None,
     };
     vec![
         ix(USERS, "email_unique", doc! {"email": 1}, true),
@@ -206,6 +213,29 @@ pub fn indexes() -> Vec<IndexSpec> {
             doc! {"files_id": 1, "n": 1},
             true,
         ),
+        ix(
+            SCHEDULES,
+            "user_function",
+            doc! {"user_id": 1, "function_id": 1},
+            false,
+        ),
+        ix(
+            SCHEDULES,
+            "enabled_next",
+            doc! {"enabled": 1, "next_tick_ms": 1},
+            false,
+        ),
+        ix(
+            IDEMPOTENCY_KEYS,
+            "user_key_unique",
+            doc! {"user_id": 1, "key": 1},
+            true,
+        ),
+        IndexSpec {
+            expire_after_s: Some(0),
+            ..ix(IDEMPOTENCY_KEYS, "expiry", doc! {"expires_at": 1}, false)
+        },
+        ix(RUNS, "schedule", doc! {"schedule_id": 1}, false),
     ]
 }
 

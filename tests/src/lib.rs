@@ -495,6 +495,7 @@ pub fn run_doc(user_id: &str, status: schemas::RunStatus, billed: i64) -> schema
         attempts: Vec::new(),
         next_attempt_at_ms: None,
         dead_letter: None,
+        schedule_id: None,
     }
 }
 

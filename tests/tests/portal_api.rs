@@ -954,6 +954,7 @@ fn run_doc(user_id: &str, function: &str, status: RunStatus, at: i64, micros: i6
         attempts: Vec::new(),
         next_attempt_at_ms: None,
         dead_letter: None,
+        schedule_id: None,
     }
 }
 

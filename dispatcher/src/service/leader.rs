@@ -67,6 +67,17 @@ impl Dispatcher {
             .context("consuming results")?;
         self.leading.store(true, Ordering::SeqCst);
         self.metrics.is_leader.set(1);
+        self.firing = Some(crate::schedules::start(std::sync::Arc::new(
+            crate::schedules::Ctx {
+                db: self.db.clone(),
+                link: self.link.clone(),
+                prices: accounts::PriceBook::new(),
+                limits: accounts::Limits::default(),
+                min_schedule_ms: self.cfg.min_schedule_ms,
+                functions: Default::default(),
+                observer: None,
+            },
+        )));
         tracing::info!(dispatcher = id, epoch, "leading: dispatching invocations");
         Ok(Leadership {
             epoch,
@@ -79,6 +90,9 @@ impl Dispatcher {
     /// Stops dispatching at once: held invocations go back to the queue (the channel closes).
     pub(super) async fn step_down(&mut self, lead: &mut Option<Leadership>) {
         let Some(l) = lead.take() else { return };
+        // Stop firing schedules first: a tick in flight is left where it was (see
+        // `crate::schedules::fire`).
+        self.firing = None;
         self.leading.store(false, Ordering::SeqCst);
         self.metrics.is_leader.set(0);
         tracing::warn!(

@@ -144,6 +144,9 @@ struct Dispatcher {
     leading: Arc<AtomicBool>,
     /// Tasks the broker did not confirm: their allocation is released by the main loop.
     unconfirmed: tokio::sync::mpsc::UnboundedSender<String>,
+    db: mongodb::Database,
+    /// Fires the schedules while this dispatcher leads (`crate::schedules`).
+    firing: Option<crate::schedules::Firing>,
 }
 
 /// Runs a dispatcher until `shutdown` resolves.
@@ -194,7 +197,7 @@ pub async fn run(
         metrics.clone(),
         leading.clone(),
         link.clone(),
-        db,
+        db.clone(),
         stop.clone(),
     ));
 
@@ -214,6 +217,8 @@ pub async fn run(
         no_workers_since: Some(Instant::now()),
         metrics,
         leading,
+        db,
+        firing: None,
     };
     let result = d
         .event_loop(stop, roles, eligible_tx, unconfirmed_rx, progress)

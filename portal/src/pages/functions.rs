@@ -782,6 +782,8 @@ async fn detail_page(
             "last_run": cnt.last_run_at_ms.map(fmt::time),
             "versions": versions,
             "charts": charts,
+            "schedules": super::schedules::section(c, &v.user.id, &f.name).await,
+            "min_schedule_s": c.st.cfg.min_schedule_ms / 1000,
             "runs": runs.iter().map(|r| run_row(r, false)).collect::<Vec<_>>(),
         }),
     ))

@@ -23,6 +23,7 @@ pub mod fmt;
 mod functions;
 mod keys;
 pub mod render;
+mod schedules;
 mod tasks;
 pub mod web;
 
@@ -158,6 +159,10 @@ fn notice(q: &HashMap<String, String>) -> Option<String> {
         }
         "billed" => "Your finished runs were billed; the new bills are listed below.",
         "revoked" => "The key was revoked; calls using it are refused from now on.",
+        "schedule_added" => "Schedule added: each tick starts one async run.",
+        "schedule_paused" => "Schedule paused: its ticks are not run while it is paused.",
+        "schedule_resumed" => "Schedule resumed from its next tick.",
+        "schedule_deleted" => "The schedule was deleted.",
         "login" => "Log in to continue.",
         "redriven" => "Redriven: a new run was started with the same args.",
         "dead_letter_deleted" => "The dead letter was deleted.",
@@ -341,6 +346,7 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
     let account = account::routes(v.clone());
     let keys = keys::routes(v.clone());
     let dead_letters = dead_letters::routes(v.clone());
+    let schedules = schedules::routes(v.clone());
 
     // The 404 page for every other GET outside the JSON API.
     let not_found = warp::get().and(warp::path::full()).and(v.clone()).and_then(
@@ -367,6 +373,8 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .or(keys)
         .unify()
         .or(dead_letters)
+        .unify()
+        .or(schedules)
         .unify()
         .or(not_found)
         .unify()

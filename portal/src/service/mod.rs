@@ -12,6 +12,7 @@ pub mod keys;
 pub mod metrics;
 pub mod retries;
 pub mod runs;
+pub mod schedules;
 
 pub use invoke::invoke_test;
 

@@ -1,6 +1,7 @@
 //! The `colorfaas` command line: argument parsing (clap), the shared context of every command, and
 //! one file per command group: `account` (login, logout, account, topup), `develop` (init,
-//! run-local, deploy), `running` (invoke, runs, logs), `manage` (ls, rm, keys, bills, pay);
+//! run-local, deploy), `running` (invoke, runs, logs), `manage` (ls, rm, keys, bills, pay),
+//! `schedules` (schedules ls|add|pause|resume|rm);
 //! `input` reads what commands take from files, standard input and the terminal.
 
 mod account;
@@ -9,6 +10,7 @@ mod dlq;
 mod input;
 mod manage;
 mod running;
+mod schedules;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -152,6 +154,9 @@ enum Cmd {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Manage a function's schedules (timer triggers; UTC).
+    #[command(subcommand)]
+    Schedules(SchedulesCmd),
     /// List your bills.
     Bills,
     /// Pay a bill from the balance.
@@ -182,6 +187,30 @@ enum KeysCmd {
     Ls,
     /// Revoke an API key.
     Revoke { key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchedulesCmd {
+    /// List a function's schedules with their next run.
+    Ls { name: String },
+    /// Schedule a function: each tick starts one async run.
+    Add {
+        name: String,
+        /// `rate(<n> <unit>)` (seconds, minutes, hours, days) or `cron(<5 fields, UTC>)`.
+        expression: String,
+        /// The args of every run as JSON text, or @file, or @- for standard input [default: {}].
+        #[arg(long, short)]
+        data: Option<String>,
+        /// Create it paused.
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Pause a schedule (ticks while paused are not run later).
+    Pause { schedule_id: String },
+    /// Resume a paused schedule from its next tick.
+    Resume { schedule_id: String },
+    /// Delete a schedule.
+    Rm { schedule_id: String },
 }
 
 /// Runs the CLI with `args` (program name first) and environment `env`; returns the exit code.
@@ -273,6 +302,7 @@ impl Ctx {
             Cmd::Ls { filter } => self.ls(filter).await,
             Cmd::Rm { name, yes } => self.rm(&name, yes).await,
             Cmd::Keys(k) => self.keys(k).await,
+            Cmd::Schedules(c) => self.schedules(c).await,
             Cmd::Bills => self.bills().await,
             Cmd::Pay { bill_id } => self.pay(&bill_id).await,
             Cmd::Dlq(DlqCmd::Ls) => self.dlq_ls().await,
