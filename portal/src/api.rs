@@ -473,6 +473,10 @@ where
                 req.query("function").as_deref(),
                 req.query("status").as_deref(),
                 req.query("limit").as_deref(),
+            )?
+            .paged(
+                req.query("version").as_deref(),
+                req.query("before").as_deref(),
             )?;
             let rs = runs::list(st, uid, &f).await?;
             Ok(ok(&Value::Array(rs.iter().map(runs::run_json).collect())))

@@ -999,6 +999,46 @@ async fn runs_are_listed_newest_first_and_scoped() {
     let e = assert_error(a.get("/runs?status=done").await, 400, "invalid_request");
     assert_eq!(e["error"]["field"], "status");
     assert_error(a.get("/runs?limit=0").await, 400, "invalid_request");
+    // Pages: `before` continues after a run, in the same order, to the end; with filters too.
+    let (_, p1) = a.get("/runs?limit=2").await;
+    let (_, p2) = a
+        .get(&format!("/runs?limit=2&before={}", ids(&p1)[1]))
+        .await;
+    let (_, p3) = a
+        .get(&format!("/runs?limit=2&before={}", ids(&p2)[1]))
+        .await;
+    let paged: Vec<String> = [ids(&p1), ids(&p2), ids(&p3)].concat();
+    assert_eq!(paged, want, "three pages cover the list once, in order");
+    let (_, v) = a
+        .get(&format!("/runs?function=adder&before={}", runs[3].id))
+        .await;
+    assert_eq!(ids(&v), [runs[1].id.clone(), runs[0].id.clone()]);
+    let (_, v) = a.get(&format!("/runs?before={}", runs[0].id)).await;
+    assert_eq!(v, json!([]), "nothing after the oldest");
+    let e = assert_error(
+        a.get("/runs?before=no-such-run").await,
+        400,
+        "invalid_request",
+    );
+    assert_eq!(e["error"]["field"], "before");
+    // Another user's run is no page marker either.
+    assert_error(
+        b.get(&format!("/runs?before={}", runs[2].id)).await,
+        400,
+        "invalid_request",
+    );
+    // Versions: run 2 of `adder` is version 2.
+    sb.db
+        .collection::<RunDoc>(collections::RUNS)
+        .update_one(doc! {"_id": &runs[4].id}, doc! {"$set": {"version": 2}})
+        .await
+        .unwrap();
+    let (_, v) = a.get("/runs?function=adder&version=2").await;
+    assert_eq!(ids(&v), [runs[4].id.clone()]);
+    let (_, v) = a.get("/runs?function=adder&version=1").await;
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let e = assert_error(a.get("/runs?version=zero").await, 400, "invalid_request");
+    assert_eq!(e["error"]["field"], "version");
 
     let (s, v) = a.get(&format!("/runs/{}", runs[0].id)).await;
     assert_eq!(s, 200);

@@ -25,6 +25,10 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     /// 1..=[`MAX_LIMIT`]; default [`DEFAULT_LIMIT`].
     pub limit: Option<i64>,
+    /// Only runs of this version of their function.
+    pub version: Option<u32>,
+    /// The next page: runs listed after this one (older, in the list's order).
+    pub before: Option<String>,
 }
 
 impl RunFilter {
@@ -65,7 +69,28 @@ impl RunFilter {
             function,
             status,
             limit,
+            version: None,
+            before: None,
         })
+    }
+
+    /// Adds the `version` and `before` query values (contract v1.1); 400 on bad ones.
+    pub fn paged(
+        mut self,
+        version: Option<&str>,
+        before: Option<&str>,
+    ) -> Result<RunFilter, PortalError> {
+        self.version = match version.map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                PortalError::invalid("version", "must be a version number (1 or more)")
+            })?),
+        };
+        self.before = before
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        Ok(self)
     }
 }
 
@@ -81,6 +106,26 @@ pub async fn list(st: &State, user_id: &str, f: &RunFilter) -> Result<Vec<RunDoc
     }
     if let Some(s) = f.status {
         filter.insert("status", s.as_str());
+    }
+    if let Some(v) = f.version {
+        filter.insert("version", i64::from(v));
+    }
+    if let Some(before) = &f.before {
+        // Keyset paging in the list's order (newest first, then id): what comes after `before`.
+        let after = get(st, user_id, before).await.map_err(|e| match e {
+            PortalError::NotFound(_) => {
+                PortalError::invalid("before", "is not the id of one of your runs")
+            }
+            e => e,
+        })?;
+        let t = after.created_at_ms;
+        filter.insert(
+            "$or",
+            vec![
+                doc! {"created_at_ms": {"$lt": t}},
+                doc! {"created_at_ms": t, "_id": {"$lt": &after.id}},
+            ],
+        );
     }
     let limit = f.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     runs(st)
