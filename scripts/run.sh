@@ -15,6 +15,7 @@ export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export ZK_CONNECT="${ZK_CONNECT:-127.0.0.1:2181}"
 export PORTAL_ADDR="${PORTAL_ADDR:-127.0.0.1:8080}"
 export GATEWAY_ADDR="${GATEWAY_ADDR:-127.0.0.1:8081}"
+export PORTAL_GATEWAY_URL="${PORTAL_GATEWAY_URL:-http://$GATEWAY_ADDR}"
 BIN="$ROOT/target/release"
 mkdir -p "$STATE"
 # Functions' secrets are sealed with this key (portal) and opened with it (workers).

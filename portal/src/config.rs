@@ -63,6 +63,9 @@ impl PaymentProviderKind {
 /// Everything the portal needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The gateway's public base URL, shown in invoke URLs and curl examples on the pages
+    /// (`PORTAL_GATEWAY_URL`, e.g. `https://api.example.com`; empty: paths only).
+    pub gateway_url: String,
     pub addr: String,
     pub backends: Backends,
     /// This instance's id; its reply queue (for test invocations) is `<prefix>.replies.portal-<id>`.
@@ -276,7 +279,20 @@ impl Config {
                 common::schedule::MIN_SCHEDULE_ENV,
             ],
         )?;
+        let gateway_url = env
+            .get("PORTAL_GATEWAY_URL")
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        if !gateway_url.is_empty()
+            && !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "PORTAL_GATEWAY_URL",
+                "must be an http:// or https:// URL",
+            ));
+        }
         Ok(Config {
+            gateway_url,
             min_event_age_s,
             secrets_key: common::secrets::SecretsKey::from_env(env)?,
             min_schedule_ms,

@@ -18,3 +18,14 @@
   }
   setInterval(tick, every);
 })();
+
+// Copy buttons: <button data-copy="#id"> copies that element's text (where the browser allows).
+(function () {
+  document.querySelectorAll("[data-copy]").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var el = document.querySelector(b.getAttribute("data-copy"));
+      if (!el || !navigator.clipboard) return;
+      navigator.clipboard.writeText(el.textContent).then(function () { b.textContent = "copied"; });
+    });
+  });
+})();

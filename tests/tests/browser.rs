@@ -542,6 +542,10 @@ async fn the_portal_in_a_real_browser() {
         w_.expect_path("/functions/adder").await?;
         w_.wait_text("#spec", "4000").await?;
         w_.wait_exact("#version", "2").await?;
+        // How to call it from outside, with example args from its schema.
+        w_.wait_text("#invoke-url", "/v1/invoke/adder").await?;
+        w_.wait_text("#curl", "Bearer $COLORFAAS_KEY").await?;
+        w_.wait_text("#curl", "/v1/invoke/adder").await?;
         Ok(())
     })
     .await;

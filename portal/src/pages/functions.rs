@@ -539,6 +539,37 @@ fn test_inputs(f: &FunctionDoc, typed: Option<&Form>, errors: &Map<String, Value
         .collect()
 }
 
+/// A curl command invoking `f` through the gateway at `gateway_url` (empty: a placeholder
+/// host), with example args built from its argument schema and the key from `$COLORFAAS_KEY`.
+pub(crate) fn curl_example(gateway_url: &str, f: &FunctionDoc) -> String {
+    let base = if gateway_url.is_empty() {
+        "http://GATEWAY"
+    } else {
+        gateway_url
+    };
+    let args: Map<String, Value> = f
+        .args_schema
+        .iter()
+        .map(|(name, ty)| {
+            let example = match ty {
+                ArgType::Int => json!(1),
+                ArgType::Float => json!(1.5),
+                ArgType::String => json!("text"),
+                ArgType::Bool => json!(true),
+                ArgType::Object => json!({}),
+                ArgType::Array => json!([]),
+            };
+            (name.clone(), example)
+        })
+        .collect();
+    // Single quotes around the body: a `'` inside it is closed, escaped and reopened.
+    let body = Value::Object(args).to_string().replace('\'', r"'\''");
+    format!(
+        "curl -X POST '{base}/v1/invoke/{}' \\\n  -H \"Authorization: Bearer $COLORFAAS_KEY\" \\\n  -H 'content-type: application/json' \\\n  -d '{body}'",
+        f.name
+    )
+}
+
 /// The Test form's fields holding a run's args.
 fn form_of_args(f: &FunctionDoc, args_json: &str) -> Form {
     let args: Value = serde_json::from_str(args_json).unwrap_or(Value::Null);
@@ -782,6 +813,8 @@ async fn detail_page(
             "last_run": cnt.last_run_at_ms.map(fmt::time),
             "versions": versions,
             "charts": charts,
+            "invoke_url": format!("{}/v1/invoke/{}", c.st.cfg.gateway_url, f.name),
+            "curl": curl_example(&c.st.cfg.gateway_url, f),
             "schedules": super::schedules::section(c, &v.user.id, &f.name).await,
             "min_schedule_s": c.st.cfg.min_schedule_ms / 1000,
             "runs": runs.iter().map(|r| run_row(r, false)).collect::<Vec<_>>(),
@@ -851,6 +884,43 @@ async fn test(c: &Ctx, v: Result<Viewer, PageError>, name: &str, form: Form) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_curl_example_names_the_gateway_and_example_args() {
+        let f = schemas::FunctionDoc {
+            id: "f1".into(),
+            user_id: "u1".into(),
+            name: "adder".into(),
+            runtime: schemas::Runtime::Python3,
+            handler: "main.handle".into(),
+            filename: "main.py".into(),
+            description: String::new(),
+            args_schema: vec![
+                ("num1".into(), schemas::ArgType::Int),
+                ("who".into(), schemas::ArgType::String),
+            ],
+            mode: schemas::Mode::Sync,
+            resources: schemas::Resources::new(100, 128, 16),
+            timeout_ms: 1000,
+            version: 1,
+            code_sha256: "0".repeat(64),
+            code_size: 1,
+            code_kind: schemas::CodeKind::Single,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            retries: 0,
+            max_event_age_s: schemas::rules::DEFAULT_MAX_EVENT_AGE_S,
+            config: Default::default(),
+        };
+        let c = super::curl_example("https://api.example.com", &f);
+        assert!(
+            c.starts_with("curl -X POST 'https://api.example.com/v1/invoke/adder'"),
+            "{c}"
+        );
+        assert!(c.contains(r#"-d '{"num1":1,"who":"text"}'"#), "{c}");
+        assert!(c.contains("Bearer $COLORFAAS_KEY"), "{c}");
+        assert!(super::curl_example("", &f).contains("http://GATEWAY/v1/invoke/adder"));
+    }
+
     use super::*;
 
     #[test]
