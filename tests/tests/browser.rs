@@ -266,9 +266,24 @@ async fn status_with_cookie(client: &reqwest::Client, url: &str, session: &str) 
 async fn the_portal_in_a_real_browser() {
     let mut sb = Sandbox::new("browser").await;
     let (w, d, gw) = sb.start_pipeline(&[], &NO_RATE_LIMIT).await;
-    let portal = sb.start_portal(&[]).await;
+    let gateway_url = format!("http://{}", gw.addr);
+    let portal = sb
+        .start_portal(&[("PORTAL_GATEWAY_URL", &gateway_url)])
+        .await;
     let base = format!("http://{}", portal.addr);
     let gateway: SocketAddr = gw.addr;
+    let icon = http()
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            icon.status().as_u16(),
+            icon.headers()["content-type"].to_str().unwrap()
+        ),
+        (200, "image/svg+xml")
+    );
     let driver = Driver::start().await;
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -543,7 +558,8 @@ async fn the_portal_in_a_real_browser() {
         w_.wait_text("#spec", "4000").await?;
         w_.wait_exact("#version", "2").await?;
         // How to call it from outside, with example args from its schema.
-        w_.wait_text("#invoke-url", "/v1/invoke/adder").await?;
+        w_.wait_text("#invoke-url", &format!("{gateway_url}/v1/invoke/adder"))
+            .await?;
         w_.wait_text("#curl", "Bearer $COLORFAAS_KEY").await?;
         w_.wait_text("#curl", "/v1/invoke/adder").await?;
         Ok(())

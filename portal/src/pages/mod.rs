@@ -326,7 +326,13 @@ pub fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .map(|| render::asset(render::STYLE_CSS, "text/css; charset=utf-8"));
     let js = warp::path!("static" / "app.js")
         .and(warp::get())
-        .map(|| render::asset(render::APP_JS, "text/javascript; charset=utf-8"));
+        .map(|| render::asset(render::APP_JS, "text/javascript; charset=utf-8"))
+        .or(warp::path!("static" / "favicon.svg")
+            .or(warp::path!("favicon.ico"))
+            .unify()
+            .and(warp::get())
+            .map(|| render::asset(render::FAVICON_SVG, "image/svg+xml")))
+        .unify();
     let home = warp::path::end().and(warp::get()).and(v.clone()).map(
         |_ctx: Ctx, viewer: Option<Viewer>| {
             web::redirect(

@@ -50,6 +50,7 @@ const TEMPLATES: &[(&str, &str)] = &[
 /// The stylesheet and the status-refresh script.
 pub const STYLE_CSS: &str = include_str!("../../static/style.css");
 pub const APP_JS: &str = include_str!("../../static/app.js");
+pub const FAVICON_SVG: &str = include_str!("../../static/favicon.svg");
 
 static HB: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
     let mut hb = Handlebars::new();
