@@ -283,9 +283,8 @@ impl Config {
             .get("PORTAL_GATEWAY_URL")
             .map(|s| s.trim().trim_end_matches('/').to_owned())
             .unwrap_or_default();
-        if !gateway_url.is_empty()
-            && !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://"))
-        {
+        let scheme_ok = gateway_url.starts_with("http://") || gateway_url.starts_with("https://");
+        if !gateway_url.is_empty() && !scheme_ok {
             return Err(ConfigError::new(
                 "PORTAL_GATEWAY_URL",
                 "must be an http:// or https:// URL",
