@@ -367,6 +367,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.payment_provider, Some(PaymentProviderKind::Test));
+        assert_eq!(c.gateway_url, "");
         assert_eq!(c.signup_per_hour.get(), 500);
         assert_eq!(c.callback_allow.allowed(), "127.0.0.1/32");
         let e = env(&[
@@ -376,6 +377,9 @@ mod tests {
         ]);
         let c = Config::from_env(&e, &Flags::default()).unwrap();
         assert_eq!(c.free_credit_micros, 5);
+        let g = env(&[("PORTAL_GATEWAY_URL", "https://api.example.com/")]);
+        let c = Config::from_env(&g, &Flags::default()).unwrap();
+        assert_eq!(c.gateway_url, "https://api.example.com");
         assert_eq!(c.session_ttl, Duration::from_secs(7200));
         assert_eq!(c.instance_id, "p1");
         let flags = Flags {
@@ -398,6 +402,7 @@ mod tests {
             ("PORTAL_LOGIN_PER_ACCOUNT", "0"),
             ("PORTAL_ID", "no spaces"),
             ("PORTAL_SIGNUP_PER_HOUR", "0"),
+            ("PORTAL_GATEWAY_URL", "api.example.com"),
             ("PORTAL_PAYMENT_PROVIDER", "stripe"),
             ("PORTAL_HASH_CONCURRENCY", "0"),
             ("GATEWAY_CALLBACK_ALLOW", "everywhere"),
