@@ -378,8 +378,8 @@ mod tests {
         let c = Config::from_env(&e, &Flags::default()).unwrap();
         assert_eq!(c.free_credit_micros, 5);
         let g = env(&[("PORTAL_GATEWAY_URL", "https://api.example.com/")]);
-        let c = Config::from_env(&g, &Flags::default()).unwrap();
-        assert_eq!(c.gateway_url, "https://api.example.com");
+        let cg = Config::from_env(&g, &Flags::default()).unwrap();
+        assert_eq!(cg.gateway_url, "https://api.example.com");
         assert_eq!(c.session_ttl, Duration::from_secs(7200));
         assert_eq!(c.instance_id, "p1");
         let flags = Flags {
