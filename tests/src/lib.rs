@@ -413,8 +413,10 @@ impl Replies {
     }
 }
 
-/// How long a component may take to drain when stopped.
-pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a component may take to drain when stopped: longer than a worker's longest
+/// drain (30 s for runs, 30 s for spares being made, 20 s for its records, container removal),
+/// short enough that a hung stop fails its test instead of the suite's time limit.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(150);
 
 /// A component running in-process.
 pub struct Component {
