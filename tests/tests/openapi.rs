@@ -393,7 +393,12 @@ async fn fuzz(what: &str, schema: &str, base: &str, headers: &[String], extra: &
         .args(["--max-examples", &max_examples, "--seed", &seed, "--workers", "2"])
         .args(["--request-timeout", "20", "--no-color"])
         .args(["--suppress-health-check", "all"])
-        .env("SCHEMATHESIS_HOOKS", "")
+        // See tests/schemathesis/colorfaas_hooks.py (a workaround inside Hypothesis).
+        .env("SCHEMATHESIS_HOOKS", "colorfaas_hooks")
+        .env(
+            "PYTHONPATH",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemathesis"),
+        )
         .kill_on_drop(true);
         for h in headers {
             cmd.args(["-H", h]);
