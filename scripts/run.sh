@@ -5,7 +5,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-bash scripts/stack.sh up
+# COLORFAAS_SKIP_STACK=1: the stack (RabbitMQ, ZooKeeper, MongoDB, runtime images) is already up and
+# shared with others, so leave it alone (scripts/bench-load.sh on a shared machine).
+if [ "${COLORFAAS_SKIP_STACK:-0}" != 1 ]; then bash scripts/stack.sh up; fi
 echo "[run] building (release)"
 cargo build --release --bins --quiet
 
@@ -63,6 +65,7 @@ stop() {
   echo "[run] stopping"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "${sleeper:-}" ]; then kill "$sleeper" 2>/dev/null || true; fi
   echo "[run] stopped"
   exit 0
 }
@@ -93,5 +96,6 @@ echo "  gateway  http://$GATEWAY_ADDR/v1/invoke/<function>"
 echo "  rabbitmq http://127.0.0.1:15672 (guest/guest)"
 echo "Ctrl-C stops it."
 while :; do
-  sleep 3600 & wait $! || true
+  sleep 3600 & sleeper=$!
+  wait "$sleeper" || true
 done
