@@ -414,9 +414,10 @@ impl Replies {
 }
 
 /// How long a component may take to drain when stopped: longer than a worker's longest
-/// drain (30 s for runs, 30 s for spares being made, 20 s for its records, container removal),
+/// drain (30 s for runs, 30 s for spares being made, 30 s for removing containers, 20 s for
+/// its records, 5 s for each background task),
 /// short enough that a hung stop fails its test instead of the suite's time limit.
-pub const STOP_DEADLINE: Duration = Duration::from_secs(150);
+pub const STOP_DEADLINE: Duration = Duration::from_secs(180);
 
 /// A component running in-process.
 pub struct Component {

@@ -269,25 +269,56 @@ pub async fn run(
         }
     })
     .await;
+    // Every later step is bounded too: a Docker or broker call that hangs must not keep a
+    // stopping worker alive (containers left behind carry the worker's label and are removed
+    // by the next start's reap).
     let idle = inner.pool.lock().unwrap_or_else(|e| e.into_inner()).drain();
-    for c in idle {
-        inner.containers.dispose(c).await;
+    let remove = async {
+        for c in idle {
+            inner.containers.dispose(c).await;
+        }
+        if let Err(e) = inner.containers.reap_all().await {
+            tracing::warn!(worker_id, error = %format!("{e:#}"), "removing containers at shutdown failed");
+        }
+    };
+    if tokio::time::timeout(STOP_STEP * 6, remove).await.is_err() {
+        tracing::warn!(
+            worker_id,
+            "removing containers at shutdown took too long; leaving the rest"
+        );
     }
-    if let Err(e) = inner.containers.reap_all().await {
-        tracing::warn!(worker_id, error = %format!("{e:#}"), "removing containers at shutdown failed");
-    }
-    let _ = heartbeat::publish_heartbeat(&inner, u64::MAX).await;
+    let _ = tokio::time::timeout(STOP_STEP, heartbeat::publish_heartbeat(&inner, u64::MAX)).await;
     writer.drain(common::runstore::SHUTDOWN_DRAIN).await;
-    let _ = beats.await;
-    let _ = reaper.await;
-    let _ = watcher.await;
-    let _ = http.await;
-    inner.link.close().await;
+    for (what, task) in [
+        ("heartbeats", beats),
+        ("reaper", reaper),
+        ("watcher", watcher),
+        ("http", http),
+    ] {
+        join_within(what, task).await;
+    }
+    if tokio::time::timeout(STOP_STEP, inner.link.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(worker_id, "closing the broker connection took too long");
+    }
     drop(writer);
     drop(inner);
-    let _ = writer_task.await;
+    join_within("run writer", writer_task).await;
     tracing::info!(worker_id, "worker stopped");
     outcome
+}
+
+/// How long one step of a worker's stop may take (container removal: six of them).
+const STOP_STEP: Duration = Duration::from_secs(5);
+
+/// Waits up to [`STOP_STEP`] for a background task to end at shutdown, then aborts it.
+async fn join_within(what: &str, mut task: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(STOP_STEP, &mut task).await.is_err() {
+        tracing::warn!(task = what, "a task did not stop in time; aborting it");
+        task.abort();
+    }
 }
 
 /// Sets the idle and spare container gauges; returns the warm function keys.
