@@ -35,7 +35,6 @@ use futures::{Stream, StreamExt};
 use schemas::limits::{ASYNC_BODY_BYTES, SYNC_BODY_BYTES};
 use schemas::{
     BillState, FunctionDoc, InvocationMsg, Mode, ResultMsg, RunDoc, RunError, RunStatus,
-    MESSAGE_VERSION,
 };
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -183,16 +182,6 @@ pub fn parse_args(body: &[u8]) -> Result<Value, GatewayError> {
         return Ok(Value::Object(Default::default()));
     }
     serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))
-}
-
-/// What accepting an invocation reserves (`accounts::Prices::invocation_worst_case`).
-pub fn worst_case(prices: &accounts::Prices, func: &FunctionDoc, mode: Mode) -> i64 {
-    prices.invocation_worst_case(func, mode)
-}
-
-/// The retry state of a new invocation (`schemas::RetryState::first`).
-pub fn retry_state(func: &FunctionDoc, mode: Mode) -> schemas::RetryState {
-    schemas::RetryState::first(func, mode)
 }
 
 /// The final record of a run whose invocation never reached RabbitMQ: failed by the platform,
@@ -364,7 +353,7 @@ impl State {
             .current(db)
             .await
             .map_err(|e| GatewayError::Unavailable(format!("{e:#}")))?;
-        let worst = worst_case(&prices, func, mode);
+        let worst = prices.invocation_worst_case(func, mode);
         let sync = mode == Mode::Sync;
         Ok(accounts::reserve(db, user_id, worst, sync, &self.cfg.user_limits).await?)
     }
@@ -431,27 +420,15 @@ impl State {
         let reservation = self.reserve(&key.user_id, &func, mode).await?;
 
         let inv = InvocationMsg {
-            v: MESSAGE_VERSION,
-            run_id: uuid::Uuid::now_v7().to_string(),
-            user_id: key.user_id.clone(),
-            function_id: func.id.clone(),
-            function: func.name.clone(),
-            version: func.version,
-            runtime: func.runtime,
-            handler: func.handler.clone(),
-            code_sha256: func.code_sha256.clone(),
-            code_kind: func.code_kind,
-            filename: func.filename.clone(),
-            resources: func.resources,
-            timeout_ms: func.timeout_ms,
-            mode,
-            args,
-            reply_to: None,
             callback_url,
-            created_at_ms: schemas::now_ms(),
             hold: Some(reservation.hold()),
-            retry: retry_state(&func, mode),
-            config: func.config.clone(),
+            ..InvocationMsg::of_function(
+                &func,
+                uuid::Uuid::now_v7().to_string(),
+                args,
+                mode,
+                schemas::now_ms(),
+            )
         };
         if let Some(k) = &idem {
             if let Some(resp) = self.claim_key(k, &inv, &func).await? {

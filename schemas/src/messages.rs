@@ -81,6 +81,43 @@ fn one() -> u32 {
     1
 }
 
+impl InvocationMsg {
+    /// A new invocation of `func` (its owner's, its current version, its config and its first
+    /// retry state), created at `created_at_ms`, with no reply queue, callback or hold: the
+    /// one place the fields are copied from the function, for every entry point.
+    pub fn of_function(
+        func: &crate::FunctionDoc,
+        run_id: String,
+        args: Value,
+        mode: Mode,
+        created_at_ms: i64,
+    ) -> InvocationMsg {
+        InvocationMsg {
+            v: crate::MESSAGE_VERSION,
+            run_id,
+            user_id: func.user_id.clone(),
+            function_id: func.id.clone(),
+            function: func.name.clone(),
+            version: func.version,
+            runtime: func.runtime,
+            handler: func.handler.clone(),
+            code_sha256: func.code_sha256.clone(),
+            code_kind: func.code_kind,
+            filename: func.filename.clone(),
+            resources: func.resources,
+            timeout_ms: func.timeout_ms,
+            mode,
+            args,
+            reply_to: None,
+            callback_url: None,
+            created_at_ms,
+            hold: None,
+            retry: RetryState::first(func, mode),
+            config: func.config.clone(),
+        }
+    }
+}
+
 impl RetryState {
     /// A new invocation's: the function's `retries` and `max_event_age_s` for async runs;
     /// sync calls are attempted once and never expire.

@@ -71,30 +71,14 @@ pub(super) fn invocation(
     tick_ms: i64,
     run_id: String,
 ) -> InvocationMsg {
-    InvocationMsg {
-        v: schemas::MESSAGE_VERSION,
+    // The run is the tick's: it was due then.
+    InvocationMsg::of_function(
+        f,
         run_id,
-        user_id: s.user_id.clone(),
-        function_id: f.id.clone(),
-        function: f.name.clone(),
-        version: f.version,
-        runtime: f.runtime,
-        handler: f.handler.clone(),
-        code_sha256: f.code_sha256.clone(),
-        code_kind: f.code_kind,
-        filename: f.filename.clone(),
-        resources: f.resources,
-        timeout_ms: f.timeout_ms,
-        mode: Mode::Async,
-        args: serde_json::from_str(&s.args_json).unwrap_or_default(),
-        reply_to: None,
-        callback_url: None,
-        // The run is the tick's: it was due then.
-        created_at_ms: tick_ms,
-        hold: None,
-        retry: schemas::RetryState::first(f, Mode::Async),
-        config: f.config.clone(),
-    }
+        serde_json::from_str(&s.args_json).unwrap_or_default(),
+        Mode::Async,
+        tick_ms,
+    )
 }
 
 /// The record of a tick refused for credit or limits: final, failed, not billed.

@@ -14,7 +14,7 @@ use accounts::Limits;
 use common::runstore::{pending_doc, RunWrite, RunWriter};
 use gateway::broker::{Broker, PublishError};
 use gateway::{GatewayError, Outcome};
-use schemas::{InvocationMsg, Mode, MESSAGE_VERSION};
+use schemas::{InvocationMsg, Mode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -84,27 +84,15 @@ pub async fn invoke_test(
         return Err(unavailable(&PublishError::NotConnected));
     }
     let inv = InvocationMsg {
-        v: MESSAGE_VERSION,
-        run_id: uuid::Uuid::now_v7().to_string(),
-        user_id: user_id.to_owned(),
-        function_id: func.id.clone(),
-        function: func.name.clone(),
-        version: func.version,
-        runtime: func.runtime,
-        handler: func.handler.clone(),
-        code_sha256: func.code_sha256.clone(),
-        code_kind: func.code_kind,
-        filename: func.filename.clone(),
-        resources: func.resources,
-        timeout_ms: func.timeout_ms,
-        mode: Mode::Sync,
-        args,
         reply_to: Some(inv_.broker.reply_queue().to_owned()),
-        callback_url: None,
-        created_at_ms: schemas::now_ms(),
         hold: Some(reservation.hold()),
-        retry: Default::default(),
-        config: func.config.clone(),
+        ..InvocationMsg::of_function(
+            &func,
+            uuid::Uuid::now_v7().to_string(),
+            args,
+            Mode::Sync,
+            schemas::now_ms(),
+        )
     };
     let waiter = inv_.broker.register(&inv.run_id);
     inv_.writer

@@ -8,7 +8,7 @@ use bson::doc;
 use futures::TryStreamExt;
 use schemas::names::collections;
 use schemas::rules::{DEFAULT_MAX_EVENT_AGE_S, DEFAULT_RETRIES, MAX_EVENT_AGE_S, RETRIES};
-use schemas::{InvocationMsg, Mode, RunDoc, MESSAGE_VERSION};
+use schemas::{InvocationMsg, Mode, RunDoc};
 use serde_json::{json, Value};
 
 use super::{coll, db_err};
@@ -189,7 +189,7 @@ async fn start(
         .current(&st.db)
         .await
         .map_err(|e| PortalError::Invoke(GatewayError::Unavailable(format!("{e:#}"))))?;
-    let worst = gateway::worst_case(&prices, func, Mode::Async);
+    let worst = prices.invocation_worst_case(func, Mode::Async);
     let reservation = match accounts::reserve(
         &st.db,
         user_id,
@@ -209,27 +209,14 @@ async fn start(
         )));
     }
     let inv = InvocationMsg {
-        v: MESSAGE_VERSION,
-        run_id: run_id.to_owned(),
-        user_id: user_id.to_owned(),
-        function_id: func.id.clone(),
-        function: func.name.clone(),
-        version: func.version,
-        runtime: func.runtime,
-        handler: func.handler.clone(),
-        code_sha256: func.code_sha256.clone(),
-        code_kind: func.code_kind,
-        filename: func.filename.clone(),
-        resources: func.resources,
-        timeout_ms: func.timeout_ms,
-        mode: Mode::Async,
-        args,
-        reply_to: None,
-        callback_url: None,
-        created_at_ms: schemas::now_ms(),
         hold: Some(reservation.hold()),
-        retry: gateway::retry_state(func, Mode::Async),
-        config: func.config.clone(),
+        ..InvocationMsg::of_function(
+            func,
+            run_id.to_owned(),
+            args,
+            Mode::Async,
+            schemas::now_ms(),
+        )
     };
     inv_.writer
         .write_durable(RunWrite::Pending(Box::new(pending_doc(&inv))))
